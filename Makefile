@@ -1,0 +1,30 @@
+# The two commands of the README: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test venv system-deps bench clean
+
+system-deps:
+	./scripts/install-system-deps.sh
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,bench]'
+	touch $(STAMP)
+
+venv: system-deps $(STAMP)
+
+demo: venv
+	$(BIN)/tng-nfq demo
+
+test: venv
+	$(BIN)/pytest -ra $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info
