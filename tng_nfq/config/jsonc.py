@@ -168,6 +168,8 @@ _MESSAGES = [
 
 
 def _describe(e: json.JSONDecodeError) -> str:
+    if e.doc.startswith("/", e.pos):
+        return "unexpected '/': only // line comments are supported"
     for pattern, wording in _MESSAGES:
         if pattern.match(e.msg):
             if wording.startswith("expected ',' or"):
