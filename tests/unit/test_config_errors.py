@@ -108,6 +108,10 @@ CASES: list[tuple[str, str, str, str]] = [
     ("trailing garbage", '{"add_ingress": []} x', "config", "line 1, column 21: unexpected text after the end"),
     ("two documents", '{"add_ingress": []}\n{}', "config", "line 2, column 1: unexpected text"),
     ("NaN", '{"add_ingress": [{"x": NaN}]}', "config", "line 1, column 24: NaN is not a JSON value"),
+    ("huge integer", '{"add_ingress": [{"x": %s}]}' % ("9" * 5000), "config",
+     "line 1, column 24: number with 5000 digits is too long"),
+    ("float out of range", '{"add_ingress":\n [1.5e99999]}', "config", "line 2, column 3: number 1.5e99999 is out of range"),
+    ("deep nesting", "[" * 100000 + "]" * 100000, "config", "nested too deeply"),
     ("Infinity", '{\n"a":\n  -Infinity}', "config", "line 3, column 3: -Infinity is not a JSON value"),
     # ---- duplicate keys, reported at the repeated key ------------------------------
     ("duplicate top-level key", '{"add_ingress": [], "add_ingress": []}', "add_ingress", "duplicate key"),

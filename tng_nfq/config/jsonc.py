@@ -109,29 +109,49 @@ def parse(text: str) -> Any:
         raise ConfigError(ROOT, "document holds only comments (expected a JSON object)")
     try:
         return json.loads(
-            plain, object_pairs_hook=JsonObject, parse_constant=_reject_constant
+            plain,
+            object_pairs_hook=JsonObject,
+            parse_constant=_reject_constant,
+            parse_int=_int,
+            parse_float=_float,
         )
     except json.JSONDecodeError as e:
         raise ConfigError(ROOT, f"line {e.lineno}, column {e.colno}: {_describe(e)}") from None
-    except _NonStandardConstant as e:
-        line, column = _position_of_constant(plain, e.name)
-        raise ConfigError(
-            ROOT, f"line {line}, column {column}: {e.name} is not a JSON value"
-        ) from None
+    except _BadToken as e:
+        line, column = _position_outside_strings(plain, e.token)
+        raise ConfigError(ROOT, f"line {line}, column {column}: {e.problem}") from None
 
 
-class _NonStandardConstant(Exception):
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.name = name
+class _BadToken(Exception):
+    def __init__(self, token: str, problem: str) -> None:
+        super().__init__(problem)
+        self.token = token
+        self.problem = problem
 
 
 def _reject_constant(name: str) -> Any:
     # Python's json accepts NaN and Infinity; JSON (and upstream TNG) does not.
-    raise _NonStandardConstant(name)
+    raise _BadToken(name, f"{name} is not a JSON value")
 
 
-def _position_of_constant(plain: str, name: str) -> tuple[int, int]:
+_MAX_DIGITS = 64  # far beyond any meaningful value; keeps int() conversion cheap
+
+
+def _int(token: str) -> int:
+    if len(token.lstrip("-")) > _MAX_DIGITS:
+        raise _BadToken(token, f"number with {len(token.lstrip('-'))} digits is too long")
+    return int(token)
+
+
+def _float(token: str) -> float:
+    value = float(token)
+    if value in (float("inf"), float("-inf")):
+        raise _BadToken(token, f"number {token[:20]}{'...' if len(token) > 20 else ''} is out of range")
+    return value
+
+
+def _position_outside_strings(plain: str, name: str) -> tuple[int, int]:
+    """(line, column) of the first occurrence of token `name` outside strings."""
     in_string = False
     i = 0
     while i < len(plain):
