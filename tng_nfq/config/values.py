@@ -15,7 +15,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError, child, item
-from .jsonc import JsonObject
 
 MISSING = "missing required field"
 
@@ -326,7 +325,7 @@ class FrozenJsonObject(dict):
 
 def frozen_json(value: Any) -> Any:
     """Parsed JSON -> the same data with objects as FrozenJsonObject and arrays as tuples."""
-    if isinstance(value, JsonObject) or isinstance(value, dict):
+    if isinstance(value, dict):  # JsonObject included
         return FrozenJsonObject((k, frozen_json(v)) for k, v in value.items())
     if isinstance(value, list):
         return tuple(frozen_json(v) for v in value)
