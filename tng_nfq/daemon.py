@@ -1,0 +1,98 @@
+"""The daemon: turns a loaded Config into running endpoints and supervises them.
+
+`build` refuses, before anything is bound or changed on the host, every
+part of a valid configuration this version cannot run yet, naming its JSON
+path. `start` binds every listener before any accepts, so a port conflict
+in the third endpoint leaves nothing running from the first two.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import structlog
+
+from tng_nfq.config.model import Config, Egress, Ingress, MappingEgress, MappingIngress
+from tng_nfq.tunnel.egress.mapping import MappingEgressEndpoint
+from tng_nfq.tunnel.endpoint import Endpoint, StartError
+from tng_nfq.tunnel.ingress.mapping import MappingIngressEndpoint
+from tng_nfq.tunnel.security import TunnelSecurity, UnsupportedFeature, warn_no_ra
+
+log = structlog.get_logger(component="daemon")
+
+
+def _not_yet(path: str, what: str) -> UnsupportedFeature:
+    return UnsupportedFeature(path, f"{what} is not implemented in this version of tng_nfq yet")
+
+
+def build_ingress(spec: Ingress) -> Endpoint:
+    if spec.encap_in_http is not None:
+        raise _not_yet(f"{spec.path}.encap_in_http", "HTTP encapsulation (encap_in_http)")
+    if spec.web_page_inject:
+        raise _not_yet(f"{spec.path}.web_page_inject", "web_page_inject")
+    if not isinstance(spec.mode, MappingIngress):
+        raise _not_yet(f"{spec.path}.{spec.mode.kind}", f"ingress mode {spec.mode.kind!r}")
+    security = TunnelSecurity.for_endpoint(spec.ra, spec.path, server_side=False)
+    return MappingIngressEndpoint(spec, security)
+
+
+def build_egress(spec: Egress) -> Endpoint:
+    if spec.decap_from_http is not None:
+        raise _not_yet(f"{spec.path}.decap_from_http", "HTTP decapsulation (decap_from_http)")
+    if not isinstance(spec.mode, MappingEgress):
+        raise _not_yet(f"{spec.path}.{spec.mode.kind}", f"egress mode {spec.mode.kind!r}")
+    security = TunnelSecurity.for_endpoint(spec.ra, spec.path, server_side=True)
+    return MappingEgressEndpoint(spec, security)
+
+
+def build(config: Config) -> list[Endpoint]:
+    """Everything that can be decided without touching the host."""
+    if config.admin is not None:
+        raise _not_yet("admin_bind", "the admin/control API (admin_bind, control_interface)")
+    endpoints: list[Endpoint] = []
+    endpoints += [build_ingress(spec) for spec in config.ingress]
+    endpoints += [build_egress(spec) for spec in config.egress]
+    return endpoints
+
+
+class Daemon:
+    def __init__(self, config: Config):
+        self.config = config
+        self.endpoints = build(config)
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        started: list[Endpoint] = []
+        try:
+            for endpoint in self.endpoints:
+                started.append(endpoint)
+                endpoint.bind()
+        except StartError:
+            for endpoint in started:
+                endpoint.stop(grace=0)
+            raise
+        for spec in (*self.config.ingress, *self.config.egress):
+            if spec.ra.no_ra:
+                warn_no_ra(spec.path)
+        for endpoint in self.endpoints:
+            endpoint.start()
+        log.info("ready", ingress=len(self.config.ingress), egress=len(self.config.egress))
+
+    def request_stop(self, *_):
+        self._stop.set()
+
+    def run(self) -> None:
+        """Start, serve until SIGTERM/SIGINT, stop cleanly."""
+        self.start()
+        previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while not self._stop.wait(3600):
+                pass
+            log.info("stopping", reason="signal")
+        finally:
+            for endpoint in self.endpoints:
+                endpoint.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            log.info("stopped")

@@ -1,0 +1,214 @@
+"""What every running ingress/egress shares: listeners, live connections,
+counters, the access log and an orderly stop.
+
+A mode (ingress/mapping, egress/mapping, ...) subclasses `Endpoint` and
+implements `handle(sock, peer, listener)`, which runs in its own thread per
+accepted connection.
+"""
+
+from __future__ import annotations
+
+import abc
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from tng_nfq.tunnel.relay import ConnectionStats, Relay
+
+access_log = structlog.get_logger(component="access")
+log = structlog.get_logger(component="endpoint")
+
+CONNECT_TIMEOUT = 10.0
+HANDSHAKE_TIMEOUT = 15.0
+# Per-connection threads spend their life blocked in socket calls; a small
+# stack keeps thousands of them cheap.
+threading.stack_size(512 * 1024)
+
+
+class StartError(Exception):
+    """An endpoint could not start (e.g. its port is taken). One line, with the config path."""
+
+
+@dataclass
+class Counters:
+    total: int = 0
+    active: int = 0
+    failed: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+def format_addr(addr) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class TcpListener:
+    """A listening socket with its own accept thread."""
+
+    def __init__(self, host: str, port: int, path: str, backlog: int = 1024):
+        self.path = path
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.sock.bind((host, port))
+            self.sock.listen(backlog)
+        except OSError as exc:
+            self.sock.close()
+            reason = (exc.strerror or str(exc)).lower()
+            raise StartError(f"{path}: cannot listen on {format_addr((host, port))}: {reason}") from None
+        self.address = self.sock.getsockname()
+        self.thread: threading.Thread | None = None
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class Endpoint(abc.ABC):
+    kind = "endpoint"  # "ingress" / "egress"
+
+    def __init__(self, path: str, mode: str):
+        self.path = path
+        self.mode = mode
+        self.counters = Counters()
+        self.listeners: list[TcpListener] = []
+        self.relays: set[Relay] = set()
+        self._pending: set[socket.socket] = set()  # accepted, not yet relaying
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._handlers: set[threading.Thread] = set()
+        self.log = log.bind(endpoint=path, mode=mode)
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def listen(self, host: str, port: int, path: str) -> TcpListener:
+        listener = TcpListener(host, port, path)
+        self.listeners.append(listener)
+        return listener
+
+    def bind(self) -> None:
+        """Create the listening sockets (may raise StartError). Subclasses override."""
+
+    def start(self) -> None:
+        for listener in self.listeners:
+            listener.thread = threading.Thread(target=self._accept_loop, args=(listener,),
+                                               name=f"{self.path}-accept", daemon=True)
+            listener.thread.start()
+            self.log.info("listening", address=format_addr(listener.address))
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting, close every connection, wait for the handlers."""
+        self._stopping.set()
+        for listener in self.listeners:
+            listener.close()
+        with self._lock:
+            relays = list(self.relays)
+            pending = list(self._pending)
+            handlers = list(self._handlers)
+        for relay in relays:
+            relay.abort("daemon stopping")
+        for sock in pending:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        deadline = time.monotonic() + grace
+        for thread in handlers:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    # -- per connection -------------------------------------------------------
+
+    def _accept_loop(self, listener: TcpListener) -> None:
+        while not self._stopping.is_set():
+            try:
+                sock, peer = listener.sock.accept()
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                time.sleep(0.05)  # e.g. EMFILE: back off instead of spinning
+                continue
+            thread = threading.Thread(target=self._run_handler, args=(sock, peer, listener),
+                                      name=f"{self.path}-cx", daemon=True)
+            with self._lock:
+                self._pending.add(sock)
+                self._handlers.add(thread)
+            thread.start()
+
+    def _run_handler(self, sock: socket.socket, peer, listener: TcpListener) -> None:
+        try:
+            self.handle(sock, peer, listener)
+        except Exception:  # a bug in one connection must not take the daemon down
+            self.log.exception("connection handler failed", downstream=format_addr(peer))
+            try:
+                sock.close()
+            except OSError:
+                pass
+        finally:
+            with self._lock:
+                self._pending.discard(sock)
+                self._handlers.discard(threading.current_thread())
+
+    @abc.abstractmethod
+    def handle(self, sock: socket.socket, peer, listener: TcpListener) -> None:
+        """Serve one accepted connection (runs in its own thread)."""
+
+    def new_stats(self, peer, listener: TcpListener) -> ConnectionStats:
+        return ConnectionStats(endpoint=self.path, mode=self.mode, downstream=format_addr(peer),
+                               listener=format_addr(listener.address))
+
+    def relay(self, relay: Relay) -> None:
+        """Run a relay to the end, counted and logged."""
+        with self._lock:
+            self.relays.add(relay)
+            self.counters.total += 1
+            self.counters.active += 1
+            self._pending.discard(relay.plain)
+            self._pending.discard(relay.channel.sock)
+        try:
+            relay.run()
+        finally:
+            with self._lock:
+                self.relays.discard(relay)
+                self.counters.active -= 1
+                self.counters.bytes_up += relay.stats.bytes_up
+                self.counters.bytes_down += relay.stats.bytes_down
+                if relay.error:
+                    self.counters.failed += 1
+            self.access(relay.stats, relay.error, clean_tls_close=relay.clean_tls_close)
+
+    def failed(self, stats: ConnectionStats, error: str, *socks: socket.socket | None) -> None:
+        """A connection that never got to relaying: close it, count it, log it."""
+        for sock in socks:
+            if sock is not None:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+        with self._lock:
+            self.counters.total += 1
+            self.counters.failed += 1
+        stats.state = "failed"
+        self.access(stats, error)
+
+    def access(self, stats: ConnectionStats, error: str | None, **extra) -> None:
+        fields = dict(
+            endpoint=stats.endpoint, mode=stats.mode, downstream=stats.downstream,
+            listener=stats.listener, upstream=stats.upstream or None,
+            bytes_up=stats.bytes_up, bytes_down=stats.bytes_down,
+            duration_s=round(time.time() - stats.started, 3),
+            encrypted=stats.encrypted, attested=stats.attested,
+            outcome="error" if error else "ok",
+        )
+        if error:
+            fields["error"] = error
+        if extra.get("clean_tls_close") is False and not error:
+            fields["note"] = "peer closed without close_notify"
+        (access_log.warning if error else access_log.info)("connection", **fields)

@@ -1,0 +1,95 @@
+"""TLS contexts for the rats-tls tunnel (TNG 2.x wire format).
+
+TLS 1.3 only, ALPN `rats-tls`, no hostname checks. Certificates are never
+validated by OpenSSL: every peer certificate is accepted during the
+handshake and judged afterwards by the attestation layer (or not at all
+under `no_ra`). That is also why this is pyOpenSSL and not the stdlib `ssl`
+module: only a verify callback lets a server request an unknown self-signed
+client certificate without rejecting it.
+
+Servers keep no session state (no cache, no tickets usable for resumption),
+so every connection runs a full handshake and is attested afresh.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+
+from OpenSSL import SSL, crypto
+
+ALPN_RATS_TLS = b"rats-tls"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The certificate and key an endpoint presents."""
+
+    cert_pem: bytes
+    key_pem: bytes
+    attested: bool  # carries evidence (False: the fixed no_ra certificate)
+
+
+def no_ra_identity() -> Identity:
+    """The fixed, public P-256 certificate used under `no_ra` (debug only).
+
+    Also presented by a server that verifies but does not attest (reverse
+    one-way attestation), as upstream does with its embedded dummy cert.
+    """
+    data = resources.files("tng_nfq") / "data"
+    return Identity(
+        cert_pem=(data / "no_ra_cert.pem").read_bytes(),
+        key_pem=(data / "no_ra_key.pem").read_bytes(),
+        attested=False,
+    )
+
+
+def _accept_any_certificate(conn, cert, errnum, depth, ok) -> bool:
+    # Attestation, not PKI, decides trust; it runs right after the handshake.
+    return True
+
+
+def _base_context(identity: Identity | None) -> SSL.Context:
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+    ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
+    if identity is not None:
+        ctx.use_certificate(crypto.load_certificate(crypto.FILETYPE_PEM, identity.cert_pem))
+        ctx.use_privatekey(crypto.load_privatekey(crypto.FILETYPE_PEM, identity.key_pem))
+        ctx.check_privatekey()
+    return ctx
+
+
+def client_context(identity: Identity | None) -> SSL.Context:
+    """Context for the ingress side (TLS client).
+
+    `identity` is given when the client attests itself (reverse one-way or
+    two-way); then it answers the server's certificate request with it.
+    """
+    ctx = _base_context(identity)
+    ctx.set_verify(SSL.VERIFY_PEER, _accept_any_certificate)
+    ctx.set_alpn_protos([ALPN_RATS_TLS])
+    # A fresh session per connection: never offer resumption.
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    ctx.set_options(SSL.OP_NO_TICKET)
+    return ctx
+
+
+def _select_rats_tls(conn, offered: list[bytes]):
+    if ALPN_RATS_TLS in offered:
+        return ALPN_RATS_TLS
+    return SSL.NO_OVERLAPPING_PROTOCOLS  # fatal no_application_protocol alert
+
+
+def server_context(identity: Identity, request_client_cert: bool) -> SSL.Context:
+    """Context for the egress side (TLS server)."""
+    ctx = _base_context(identity)
+    if request_client_cert:
+        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _accept_any_certificate)
+    else:
+        ctx.set_verify(SSL.VERIFY_NONE, None)
+    ctx.set_alpn_select_callback(_select_rats_tls)
+    # No session cache and no tickets: a resumed connection would skip attestation.
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    ctx.set_options(SSL.OP_NO_TICKET)
+    return ctx
