@@ -190,6 +190,30 @@ def wait_for_port(ns: Namespace | None, host: str, port: int, timeout: float = 1
     raise LabError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
+def wait_for_log_event(log_path, event: str, proc: subprocess.Popen, timeout: float = 15.0) -> dict:
+    """Wait until a JSON-logging tng-nfq writes `event` (e.g. "ready") to its log file."""
+    import json
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            text = open(log_path, encoding="utf-8", errors="replace").read()
+        except FileNotFoundError:
+            text = ""
+        for line in text.splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("event") == event:
+                return entry
+        if proc.poll() is not None:
+            raise LabError(f"{shlex.join(map(str, proc.args))[:200]} exited with {proc.returncode} "
+                           f"before logging {event!r}: {text.strip()[-500:]}")
+        time.sleep(0.05)
+    raise LabError(f"no {event!r} in {log_path} after {timeout}s")
+
+
 @contextlib.contextmanager
 def single_namespace(tag: str) -> Iterator[Namespace]:
     """A lone namespace with only loopback: a private place for loopback benchmarks."""
