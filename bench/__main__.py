@@ -22,7 +22,7 @@ from pathlib import Path
 from tng_nfq.lab.netns import Lab, existing_namespaces
 
 from . import PEER_NAMES
-from .measure import first_line, run_iperf_client, schedule
+from .measure import Sample, first_line, foreign_processes, run_iperf_client, schedule
 from .peers import PEERS, Context, IperfServer, PeerError, Ports, venv_tool
 from .report import GBIT, build_results, format_table, plot_throughput, write_json
 
@@ -136,6 +136,97 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
+EXTERNAL_SIGNAL = "interrupt - the client has terminated"
+
+
+class Runner:
+    """Measures one peer in one repetition; keeps samples, errors and the retry policy.
+
+    Policy: a failed iperf3 run is recorded as an error, then whatever died (the
+    peer, the iperf3 server) is restarted and the run is retried once; a retry
+    that succeeds counts as a sample (the peer's status stays "partial"). A peer
+    that cannot start is not tried again in later repetitions.
+    """
+
+    def __init__(self, args, ns, ctx, server, samples, errors, peer_info):
+        self.args, self.ns, self.ctx, self.server = args, ns, ctx, server
+        self.samples, self.errors, self.peer_info = samples, errors, peer_info
+        self.disabled: set[str] = set()
+        self.retries = 0
+        self.foreign: set[str] = set()
+
+    def _tag(self, rep: int, name: str, streams: int | None = None) -> str:
+        tag = f"[rep {rep + 1}/{self.args.reps}] {name:<13}"
+        return tag if streams is None else f"{tag} {streams:>2} stream(s):"
+
+    def _start(self, peer, rep: int, name: str) -> int | None:
+        try:
+            port = peer.start(self.ns, self.ctx.ports.take(), self.server.port)
+        except Exception as exc:  # noqa: BLE001 - any start failure disables the peer
+            peer.stop()
+            self.errors[name].append(f"rep {rep + 1}: start failed: {exc}")
+            self.disabled.add(name)
+            _say(f"{self._tag(rep, name)} FAILED to start: {str(exc).splitlines()[0]}")
+            return None
+        self.peer_info[name]["commands"] = peer.commands
+        return port
+
+    def measure_peer(self, rep: int, name: str) -> None:
+        if name in self.disabled:
+            return
+        self.ctx.rep = rep
+        peer = PEERS[name](self.ctx)
+        try:
+            port = self._start(peer, rep, name)
+            if port is None:
+                return
+            for s in self.args.streams:
+                for attempt in (1, 2):
+                    self.foreign.update(foreign_processes(self.ns.name))
+                    sample = self._measure_once(peer, port, s)
+                    if sample.bps is not None:
+                        self.samples[name][s].append(sample.bps)
+                        _say(f"{self._tag(rep, name, s)} {sample.bps / GBIT:7.2f} Gbit/s"
+                             + (" (retry)" if attempt == 2 else ""))
+                        break
+                    reason = sample.error or "unknown error"
+                    if EXTERNAL_SIGNAL in reason:
+                        reason += " (the iperf3 client was signalled by something outside the harness)"
+                    try:
+                        peer.check()
+                    except PeerError as exc:
+                        reason += f"; {exc}"
+                    self.errors[name].append(f"rep {rep + 1}, {s} streams, attempt {attempt}: {reason}")
+                    _say(f"{self._tag(rep, name, s)} FAILED: {reason.splitlines()[0]}"
+                         + ("; retrying once" if attempt == 1 else ""))
+                    self.server.restart()  # never let a half-finished test wedge the next one
+                    if attempt == 2:
+                        break
+                    try:
+                        peer.check()
+                    except PeerError:
+                        peer.stop()
+                        self.retries += 1
+                        port = self._start(peer, rep, name)
+                        if port is None:
+                            return
+        finally:
+            peer.stop()
+
+    def _measure_once(self, peer, port: int, streams: int) -> Sample:
+        try:
+            peer.check()
+        except PeerError as exc:
+            return Sample(None, f"not measured: {exc}")
+        if self.server.proc is None or self.server.proc.poll() is not None:
+            self.server.restart()
+        sample = run_iperf_client(self.ns, port, self.args.duration, streams)
+        if sample.error and "busy" in sample.error:
+            time.sleep(1.0)  # a previous test is still winding down on the server
+            sample = run_iperf_client(self.ns, port, self.args.duration, streams)
+        return sample
+
+
 def run(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         print("bench: needs root (it creates a private network namespace); "
@@ -163,13 +254,17 @@ def run(args: argparse.Namespace) -> int:
     samples = {p: {s: [] for s in args.streams} for p in args.peers}
     errors: dict[str, list[str]] = {p: [] for p in args.peers}
     peer_info: dict[str, dict] = {p: {"description": PEERS[p].description} for p in args.peers}
-    disabled: set[str] = set()
+    runner = None
     interrupted = False
     aborted = None
     ns_name = None
-    server_restarts = 0
+    server = None
 
-    old = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # SIGTERM/SIGHUP clean up like Ctrl-C does (unless ignored on purpose, e.g. under nohup)
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if old[sig] is not signal.SIG_IGN:
+            signal.signal(sig, _raise_interrupt)
     lab = Lab("bench")
     tmp = tempfile.TemporaryDirectory(prefix="tngnfq-bench-")
     t0 = time.monotonic()
@@ -181,49 +276,9 @@ def run(args: argparse.Namespace) -> int:
         ctx = Context(lab=lab, workdir=Path(tmp.name), logdir=logdir, ports=ports)
         server = IperfServer(ctx, ns, ports.take())
         server.start()
+        runner = Runner(args, ns, ctx, server, samples, errors, peer_info)
         for rep, name in plan:
-            if name in disabled:
-                continue
-            ctx.rep = rep
-            peer = PEERS[name](ctx)
-            try:
-                try:
-                    port = peer.start(ns, ports.take(), server.port)
-                except Exception as exc:  # noqa: BLE001 - any start failure disables the peer
-                    errors[name].append(f"rep {rep + 1}: start failed: {exc}")
-                    disabled.add(name)
-                    _say(f"[rep {rep + 1}/{args.reps}] {name}: FAILED to start: "
-                         f"{str(exc).splitlines()[0]}")
-                    continue
-                peer_info[name]["commands"] = peer.commands
-                for s in args.streams:
-                    try:
-                        peer.check()
-                    except PeerError as exc:
-                        errors[name].append(f"rep {rep + 1}, {s} streams: not measured: {exc}")
-                        _say(f"[rep {rep + 1}/{args.reps}] {name}: died: {str(exc).splitlines()[0]}")
-                        break
-                    sample = run_iperf_client(ns, port, args.duration, s)
-                    if sample.error and "busy" in sample.error:
-                        time.sleep(1.0)  # a previous test is still winding down on the server
-                        sample = run_iperf_client(ns, port, args.duration, s)
-                    if sample.bps is not None:
-                        samples[name][s].append(sample.bps)
-                        _say(f"[rep {rep + 1}/{args.reps}] {name:<13} {s:>2} stream(s): "
-                             f"{sample.bps / GBIT:7.2f} Gbit/s")
-                        continue
-                    reason = sample.error or "unknown error"
-                    try:
-                        peer.check()
-                    except PeerError as exc:
-                        reason += f"; {exc}"
-                    errors[name].append(f"rep {rep + 1}, {s} streams: {reason}")
-                    _say(f"[rep {rep + 1}/{args.reps}] {name:<13} {s:>2} stream(s): "
-                         f"FAILED: {reason.splitlines()[0]}")
-                    server.restart()  # never let a half-finished test wedge the next one
-            finally:
-                peer.stop()
-        server_restarts = server.restarts
+            runner.measure_peer(rep, name)
         server.stop()
     except KeyboardInterrupt:
         interrupted = True
@@ -238,7 +293,6 @@ def run(args: argparse.Namespace) -> int:
             lab.close()
             tmp.cleanup()
         finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
             for sig, handler in old.items():
                 signal.signal(sig, handler)
 
@@ -256,7 +310,10 @@ def run(args: argparse.Namespace) -> int:
                       "elapsed_s": round(time.monotonic() - t0, 1), "interrupted": interrupted,
                       "aborted": aborted, "namespace": ns_name,
                       "namespace_removed": ns_name is not None and not leftover,
-                      "iperf3_server_restarts": server_restarts, "logs": "logs/"}
+                      "iperf3_server_restarts": server.restarts if server else 0,
+                      "peer_restarts": runner.retries if runner else 0,
+                      "foreign_processes_seen": sorted(runner.foreign) if runner else [],
+                      "logs": "logs/"}
     write_json(results, out / "results.json")
     try:
         plot_throughput(results, out / "throughput.png")
@@ -267,9 +324,14 @@ def run(args: argparse.Namespace) -> int:
     (out / "summary.txt").write_text(format_table(results) + "\n")
 
     _say("")
+    if interrupted or aborted:
+        _say("bench: PARTIAL RESULTS (run " + ("interrupted" if interrupted else "aborted") + ")")
     _say(format_table(results))
     _say("")
     _say(f"results: {out / 'results.json'}" + (f", chart: {chart}" if chart else ""))
+    if runner and runner.foreign:
+        _say("bench: note: other benchmark-like processes ran outside the namespace meanwhile "
+             "(they share the CPUs): " + "; ".join(sorted(runner.foreign)[:5]))
     if leftover:
         _say(f"bench: WARNING namespace {ns_name} still exists")
     if interrupted:

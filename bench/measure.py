@@ -87,6 +87,38 @@ def ports_listening_in(pid: int, netns_name: str) -> set[int]:
     return ports if same_netns(pid, netns_name) else set()
 
 
+BENCH_COMMS = frozenset({"iperf3", "tng", "tng-nfq", "stunnel", "stunnel4", "iperf", "netperf"})
+
+
+def foreign_processes(netns_name: str, comms=BENCH_COMMS) -> set[str]:
+    """Benchmark-like processes (iperf3, tng, stunnel...) running OUTSIDE our namespace.
+
+    They compete for the same CPUs (and, being outside the harness, may signal
+    ours), so the run records them to explain noisy numbers.
+    """
+    try:
+        ours = os.stat(f"/run/netns/{netns_name}").st_ino
+    except OSError:
+        return set()
+    seen = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/comm") as fh:
+                comm = fh.read().strip()
+            if comm not in comms:
+                continue
+            if os.stat(f"/proc/{entry.name}/ns/net").st_ino == ours:
+                continue
+            with open(f"/proc/{entry.name}/cmdline", "rb") as fh:
+                cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        seen.add(cmdline[:200] or comm)
+    return seen
+
+
 def schedule(peers: Sequence[str], reps: int) -> list[tuple[int, str]]:
     """Round-robin order: every repetition visits every peer once, the first peer rotating.
 

@@ -29,10 +29,11 @@ def ratio(num: float | None, den: float | None) -> float | None:
 
 def peer_status(samples: Mapping[int, Sequence[float]], errors: Sequence[str],
                 expected: int) -> str:
-    """"ok" (every planned sample measured), "partial" (some) or "failed" (none)."""
+    """"ok" (every planned sample measured), "partial" (some, or errors on the way),
+    "failed" (none, with errors) or "not run" (none, no error: the run stopped before it)."""
     got = sum(len(v) for v in samples.values())
     if got == 0:
-        return "failed"
+        return "failed" if errors else "not run"
     if got < expected or errors:
         return "partial"
     return "ok"
@@ -177,9 +178,10 @@ def plot_throughput(results: Mapping, path: Path) -> None:
                         xytext=(0, 4), textcoords="offset points", ha="center", va="bottom",
                         fontsize=7.5)
     for i, peer in enumerate(peers):
-        if results["peers"][peer]["status"] == "failed":
-            ax.text(i, 0, "failed\n(see results.json)", ha="center", va="bottom", color="firebrick",
-                    fontsize=9)
+        status = results["peers"][peer]["status"]
+        if status in ("failed", "not run"):
+            ax.text(i, 0, f"{status}\n(see results.json)", ha="center", va="bottom",
+                    color="firebrick", fontsize=9)
     ax.set_xticks(range(len(peers)), peers)
     ax.set_xlim(-0.6, len(peers) - 0.4)
     ax.set_ylabel("median throughput (Gbit/s)")

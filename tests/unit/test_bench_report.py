@@ -45,6 +45,7 @@ def test_peer_status():
     assert peer_status({1: [1.0], 8: [2.0]}, [], expected=2) == "ok"
     assert peer_status({1: [1.0], 8: []}, ["rep 1, 8 streams: boom"], expected=2) == "partial"
     assert peer_status({1: [], 8: []}, ["start failed"], expected=2) == "failed"
+    assert peer_status({1: [], 8: []}, [], expected=2) == "not run"  # run interrupted before it
 
 
 def _results():
