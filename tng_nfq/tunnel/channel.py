@@ -226,6 +226,8 @@ def ciphertext_buffer(plain_chunk: int) -> bytearray:
 
 
 def _describe(exc: SSL.Error) -> str:
+    if exc.args and isinstance(exc.args[0], str):
+        return exc.args[0]
     if exc.args and isinstance(exc.args[0], list):
         reasons = [r[2] for r in exc.args[0] if isinstance(r, tuple) and len(r) == 3]
         if reasons:

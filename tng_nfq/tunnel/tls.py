@@ -75,10 +75,17 @@ def client_context(identity: Identity | None) -> SSL.Context:
     return ctx
 
 
+class AlpnMismatch(SSL.Error):
+    """The client offered ALPN protocols, none of them rats-tls."""
+
+
 def _select_rats_tls(conn, offered: list[bytes]):
     if ALPN_RATS_TLS in offered:
         return ALPN_RATS_TLS
-    return SSL.NO_OVERLAPPING_PROTOCOLS  # fatal no_application_protocol alert
+    # Raising (rather than returning NO_OVERLAPPING_PROTOCOLS, which only
+    # means "no ALPN") makes OpenSSL abort with a fatal no_application_protocol
+    # alert; pyOpenSSL re-raises this from do_handshake.
+    raise AlpnMismatch(f"client offered ALPN {offered!r}, not rats-tls")
 
 
 def server_context(identity: Identity, request_client_cert: bool) -> SSL.Context:
