@@ -149,7 +149,7 @@ def plot_throughput(results: Mapping, path: Path) -> None:
     vs = results["ratios"].get(f"vs_{BASELINE}", {})
     head = results["ratios"]["headline"]
     width = 0.8 / max(1, len(streams))
-    fig, ax = plt.subplots(figsize=(10, 5.6))
+    fig, ax = plt.subplots(figsize=(11, 5.8))
     top = 0.0
     for j, s in enumerate(streams):
         xs, hs, lo, hi, names, tops = [], [], [], [], [], []
@@ -173,7 +173,8 @@ def plot_throughput(results: Mapping, path: Path) -> None:
             if peer != BASELINE and r is not None:
                 label += f"\n{r:.2f}x {BASELINE}"
             if peer == head["numerator"] and head["by_streams"].get(str(s)) is not None:
-                label += f"\n{head['by_streams'][str(s)]:.2f}x {head['denominator']}"
+                short = head["denominator"].split("-")[0]  # "upstream-tng" -> "upstream"
+                label += f"\n{head['by_streams'][str(s)]:.2f}x {short}"
             ax.annotate(label, (bar.get_x() + bar.get_width() / 2, y),
                         xytext=(0, 4), textcoords="offset points", ha="center", va="bottom",
                         fontsize=7.5)
