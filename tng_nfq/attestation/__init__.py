@@ -1,1 +1,3 @@
-"""Remote attestation: tokens, Attestation Agent and Attestation Service clients, sample-TEE dev servers."""
+"""Remote attestation: evidence in certificates, the CoCo Attestation Agent
+(ttrpc) and Attestation Service clients, token checks and the sample-TEE
+development servers."""
