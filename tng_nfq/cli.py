@@ -62,12 +62,12 @@ def launch(config_file: str | None, config_content: str | None) -> None:
     """Run the gateway until SIGTERM/SIGINT (then exit 0)."""
     from tng_nfq.daemon import Daemon
     from tng_nfq.tunnel.endpoint import StartError
-    from tng_nfq.tunnel.security import UnsupportedFeature
+    from tng_nfq.tunnel.security import SetupRefused
 
     config = _config_source(config_file, config_content)
     try:
         daemon = Daemon(config)
-    except UnsupportedFeature as exc:
+    except SetupRefused as exc:
         _fail(str(exc), EXIT_CONFIG)
     try:
         daemon.run()
@@ -84,12 +84,12 @@ def check(config_file: str | None, config_content: str | None) -> None:
     2 with one line naming the JSON path of the first problem otherwise.
     """
     from tng_nfq.daemon import build
-    from tng_nfq.tunnel.security import UnsupportedFeature
+    from tng_nfq.tunnel.security import SetupRefused
 
     config = _config_source(config_file, config_content)
     try:
         build(config)
-    except UnsupportedFeature as exc:
+    except SetupRefused as exc:
         _fail(f"{exc} (the configuration itself is valid)", EXIT_CONFIG)
     click.echo(f"configuration OK: {len(config.ingress)} ingress, {len(config.egress)} egress")
 

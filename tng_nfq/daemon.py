@@ -17,7 +17,7 @@ from tng_nfq.config.model import Config, Egress, Ingress, MappingEgress, Mapping
 from tng_nfq.tunnel.egress.mapping import MappingEgressEndpoint
 from tng_nfq.tunnel.endpoint import Endpoint, StartError
 from tng_nfq.tunnel.ingress.mapping import MappingIngressEndpoint
-from tng_nfq.tunnel.security import TunnelSecurity, UnsupportedFeature, warn_no_ra
+from tng_nfq.tunnel.security import SetupRefused, TunnelSecurity, UnsupportedFeature
 
 log = structlog.get_logger(component="daemon")
 
@@ -61,6 +61,7 @@ class Daemon:
         self.config = config
         self.endpoints = build(config)
         self._stop = threading.Event()
+        self.ready = threading.Event()
 
     def start(self) -> None:
         started: list[Endpoint] = []
@@ -72,12 +73,22 @@ class Daemon:
             for endpoint in started:
                 endpoint.stop(grace=0)
             raise
-        for spec in (*self.config.ingress, *self.config.egress):
-            if spec.ra.no_ra:
-                warn_no_ra(spec.path)
         for endpoint in self.endpoints:
+            endpoint.security.start()
             endpoint.start()
-        log.info("ready", ingress=len(self.config.ingress), egress=len(self.config.egress))
+        self._ready_thread = threading.Thread(target=self._announce_ready, name="ready", daemon=True)
+        self._ready_thread.start()
+
+    def _announce_ready(self) -> None:
+        # Listeners are up; attesters may still be fetching their first
+        # evidence. "ready" is logged once every endpoint can serve.
+        for endpoint in self.endpoints:
+            while not endpoint.security.wait_ready(1.0):
+                if self._stop.is_set():
+                    return
+        if not self._stop.is_set():
+            self.ready.set()
+            log.info("ready", ingress=len(self.config.ingress), egress=len(self.config.egress))
 
     def request_stop(self, *_):
         self._stop.set()
@@ -91,8 +102,10 @@ class Daemon:
                 pass
             log.info("stopping", reason="signal")
         finally:
+            self._stop.set()
             for endpoint in self.endpoints:
                 endpoint.stop()
+                endpoint.security.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             log.info("stopped")

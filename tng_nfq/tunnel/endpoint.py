@@ -207,6 +207,8 @@ class Endpoint(abc.ABC):
             encrypted=stats.encrypted, attested=stats.attested,
             outcome="error" if error else "ok",
         )
+        if stats.attestation:
+            fields["peer_attestation"] = stats.attestation
         if error:
             fields["error"] = error
         if extra.get("clean_tls_close") is False and not error:

@@ -42,6 +42,7 @@ class ConnectionStats:
     bytes_down: int = 0  # upstream -> downstream
     encrypted: bool = True
     attested: bool = False
+    attestation: dict | None = None  # the verdict on the peer, when verified
     state: str = "handshake"
 
 

@@ -1,11 +1,13 @@
 """How one endpoint secures its tunnel: which certificate it shows, what it
 asks of the peer, and the checks that run after the handshake and before
-any application byte moves.
+any application byte moves or the upstream connection is opened.
+
+The four trust models of the TNG manual fall out of two independent
+switches per side: `attest` (show an attested certificate, else the fixed
+dummy one) and `verify` (demand and check the peer's evidence).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import structlog
 from OpenSSL import SSL
@@ -13,13 +15,13 @@ from OpenSSL import SSL
 from tng_nfq.config.model import RaConfig
 from tng_nfq.tunnel.channel import TlsChannel, TlsError
 from tng_nfq.tunnel.relay import ConnectionStats
-from tng_nfq.tunnel.tls import ALPN_RATS_TLS, client_context, no_ra_identity, server_context
+from tng_nfq.tunnel.tls import ALPN_RATS_TLS, Identity, client_context, no_ra_identity, server_context
 
 log = structlog.get_logger(component="security")
 
 
-class UnsupportedFeature(Exception):
-    """A valid configuration asks for something this build cannot run yet."""
+class SetupRefused(Exception):
+    """An endpoint cannot be set up as configured (checked before anything starts)."""
 
     def __init__(self, path: str, problem: str):
         super().__init__(f"{path}: {problem}")
@@ -27,27 +29,76 @@ class UnsupportedFeature(Exception):
         self.problem = problem
 
 
-@dataclass
+class UnsupportedFeature(SetupRefused):
+    """A valid configuration asks for something this build cannot run yet."""
+
+
+class NotReady(Exception):
+    """No certificate to present yet (the attester has no evidence so far)."""
+
+
+class PeerRejected(TlsError):
+    """The peer finished the handshake but failed attestation."""
+
+
 class TunnelSecurity:
-    ra: RaConfig
-    client_context: SSL.Context | None = None
-    server_context: SSL.Context | None = None
+    def __init__(self, ra: RaConfig, path: str, server_side: bool):
+        self.ra = ra
+        self.path = path
+        self.server_side = server_side
+        self.attester = None
+        self.verifier = None
+        if ra.attest is not None:
+            from tng_nfq.attestation.attester import Attester
+
+            self.attester = Attester(ra.attest, f"{path}.attest")
+        if ra.verify is not None:
+            if ra.verify.as_type == "builtin":
+                raise UnsupportedFeature(f"{path}.verify.as_type", "the builtin attestation service of "
+                                         "upstream tng is not available in tng_nfq; point as_addr at an "
+                                         "Attestation Service (e.g. `tng-nfq dev as`)")
+            from tng_nfq.attestation.verifier import Verifier
+
+            try:
+                self.verifier = Verifier(ra.verify, f"{path}.verify")
+            except (OSError, ValueError) as exc:
+                raise SetupRefused(f"{path}.verify.trusted_certs_paths",
+                                   f"cannot load trust anchors: {exc}") from None
+        self.context: SSL.Context = (server_context(request_client_cert=self.verifier is not None)
+                                     if server_side else client_context())
 
     @classmethod
     def for_endpoint(cls, ra: RaConfig, path: str, server_side: bool) -> "TunnelSecurity":
-        if ra.attest is not None:
-            raise UnsupportedFeature(f"{path}.attest", "remote attestation (attest) is not implemented in this "
-                                     "version of tng_nfq yet; use \"no_ra\": true for a debug tunnel")
-        if ra.verify is not None:
-            raise UnsupportedFeature(f"{path}.verify", "remote attestation (verify) is not implemented in this "
-                                     "version of tng_nfq yet; use \"no_ra\": true for a debug tunnel")
-        identity = no_ra_identity()
-        sec = cls(ra)
-        if server_side:
-            sec.server_context = server_context(identity, request_client_cert=False)
-        else:
-            sec.client_context = client_context(None)
-        return sec
+        return cls(ra, path, server_side)
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.ra.no_ra:
+            log.warning("no_ra: this endpoint uses a fixed public certificate and no remote attestation; "
+                        "for debugging only, never in production", endpoint=self.path)
+        if self.attester is not None:
+            self.attester.start()
+
+    def stop(self) -> None:
+        if self.attester is not None:
+            self.attester.stop()
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self.attester is None or self.attester.wait_ready(timeout)
+
+    # -- per connection -----------------------------------------------------------
+
+    def identity(self, timeout: float) -> Identity | None:
+        """The certificate to present on a new connection."""
+        if self.attester is not None:
+            return self.attester.identity(timeout)
+        # A server must show something: the fixed dummy certificate (no_ra,
+        # or reverse one-way attestation where only the client attests).
+        return no_ra_identity() if self.server_side else None
+
+    def new_channel(self, sock, timeout: float) -> TlsChannel:
+        return TlsChannel(self.context, sock, server_side=self.server_side, identity=self.identity(timeout))
 
     def check_peer(self, channel: TlsChannel, stats: ConnectionStats) -> None:
         """Runs after the handshake, before the relay starts; raises TlsError to refuse."""
@@ -55,9 +106,14 @@ class TunnelSecurity:
             raise TlsError(f"peer negotiated {channel.version}, only TLSv1.3 is accepted")
         if channel.alpn != ALPN_RATS_TLS:
             raise TlsError(f"peer did not negotiate ALPN rats-tls (got {channel.alpn!r})")
-        stats.attested = False  # no_ra: encrypted, not attested
+        stats.attested = False
+        if self.verifier is None:
+            return
+        from tng_nfq.attestation.verifier import AttestationFailed
 
-
-def warn_no_ra(path: str) -> None:
-    log.warning("no_ra: this endpoint uses a fixed public certificate and no remote attestation; "
-                "for debugging only, never in production", endpoint=path)
+        try:
+            verdict = self.verifier.verify(channel.peer_certificate_der())
+        except AttestationFailed as exc:
+            raise PeerRejected(f"peer attestation failed: {exc}") from None
+        stats.attested = True
+        stats.attestation = verdict.as_log_fields()

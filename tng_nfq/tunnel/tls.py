@@ -13,6 +13,7 @@ so every connection runs a full handshake and is attested afresh.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from importlib import resources
 
@@ -23,13 +24,24 @@ ALPN_RATS_TLS = b"rats-tls"
 
 @dataclass(frozen=True)
 class Identity:
-    """The certificate and key an endpoint presents."""
+    """The certificate and key an endpoint presents (as pyOpenSSL objects, ready to use)."""
 
-    cert_pem: bytes
-    key_pem: bytes
+    cert: crypto.X509
+    key: crypto.PKey
     attested: bool  # carries evidence (False: the fixed no_ra certificate)
 
+    @classmethod
+    def from_objects(cls, cert, key, attested: bool) -> "Identity":
+        """From `cryptography` certificate and private key objects."""
+        return cls(crypto.X509.from_cryptography(cert), crypto.PKey.from_cryptography_key(key), attested)
 
+    @classmethod
+    def from_pem(cls, cert_pem: bytes, key_pem: bytes, attested: bool) -> "Identity":
+        return cls(crypto.load_certificate(crypto.FILETYPE_PEM, cert_pem),
+                   crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem), attested)
+
+
+@functools.cache
 def no_ra_identity() -> Identity:
     """The fixed, public P-256 certificate used under `no_ra` (debug only).
 
@@ -37,11 +49,8 @@ def no_ra_identity() -> Identity:
     one-way attestation), as upstream does with its embedded dummy cert.
     """
     data = resources.files("tng_nfq") / "data"
-    return Identity(
-        cert_pem=(data / "no_ra_cert.pem").read_bytes(),
-        key_pem=(data / "no_ra_key.pem").read_bytes(),
-        attested=False,
-    )
+    return Identity.from_pem((data / "no_ra_cert.pem").read_bytes(),
+                             (data / "no_ra_key.pem").read_bytes(), attested=False)
 
 
 def _accept_any_certificate(conn, cert, errnum, depth, ok) -> bool:
@@ -49,24 +58,22 @@ def _accept_any_certificate(conn, cert, errnum, depth, ok) -> bool:
     return True
 
 
-def _base_context(identity: Identity | None) -> SSL.Context:
+def _base_context() -> SSL.Context:
+    # The certificate is set per connection (TlsChannel): an attester's
+    # certificate changes when its evidence is refreshed.
     ctx = SSL.Context(SSL.TLS_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
     ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
-    if identity is not None:
-        ctx.use_certificate(crypto.load_certificate(crypto.FILETYPE_PEM, identity.cert_pem))
-        ctx.use_privatekey(crypto.load_privatekey(crypto.FILETYPE_PEM, identity.key_pem))
-        ctx.check_privatekey()
     return ctx
 
 
-def client_context(identity: Identity | None) -> SSL.Context:
+def client_context() -> SSL.Context:
     """Context for the ingress side (TLS client).
 
-    `identity` is given when the client attests itself (reverse one-way or
-    two-way); then it answers the server's certificate request with it.
+    A client that attests itself (reverse one-way or two-way) answers the
+    server's certificate request with the identity set on its connection.
     """
-    ctx = _base_context(identity)
+    ctx = _base_context()
     ctx.set_verify(SSL.VERIFY_PEER, _accept_any_certificate)
     ctx.set_alpn_protos([ALPN_RATS_TLS])
     # A fresh session per connection: never offer resumption.
@@ -88,9 +95,9 @@ def _select_rats_tls(conn, offered: list[bytes]):
     raise AlpnMismatch(f"client offered ALPN {offered!r}, not rats-tls")
 
 
-def server_context(identity: Identity, request_client_cert: bool) -> SSL.Context:
+def server_context(request_client_cert: bool) -> SSL.Context:
     """Context for the egress side (TLS server)."""
-    ctx = _base_context(identity)
+    ctx = _base_context()
     if request_client_cert:
         ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _accept_any_certificate)
     else:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import socket
 
 from tng_nfq.config.model import Egress, MappingEgress
-from tng_nfq.tunnel.channel import TlsChannel, TlsError
+from tng_nfq.tunnel.channel import TlsError
 from tng_nfq.tunnel.endpoint import CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, Endpoint, TcpListener, format_addr
 from tng_nfq.tunnel.relay import Relay, set_nodelay
-from tng_nfq.tunnel.security import TunnelSecurity
+from tng_nfq.tunnel.security import NotReady, TunnelSecurity
 
 
 class MappingEgressEndpoint(Endpoint):
@@ -30,7 +30,10 @@ class MappingEgressEndpoint(Endpoint):
         backend = self.mode_spec.upstream
         stats.upstream = format_addr((backend.host, backend.port))
         set_nodelay(sock)
-        channel = TlsChannel(self.security.server_context, sock, server_side=True)
+        try:
+            channel = self.security.new_channel(sock, HANDSHAKE_TIMEOUT)
+        except NotReady as exc:
+            return self.failed(stats, str(exc), sock)
         try:
             channel.handshake(HANDSHAKE_TIMEOUT)
             self.security.check_peer(channel, stats)

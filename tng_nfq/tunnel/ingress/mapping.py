@@ -5,10 +5,10 @@ from __future__ import annotations
 import socket
 
 from tng_nfq.config.model import Ingress, MappingIngress
-from tng_nfq.tunnel.channel import TlsChannel, TlsError
+from tng_nfq.tunnel.channel import TlsError
 from tng_nfq.tunnel.endpoint import CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, Endpoint, TcpListener, format_addr
 from tng_nfq.tunnel.relay import Relay, set_nodelay
-from tng_nfq.tunnel.security import TunnelSecurity
+from tng_nfq.tunnel.security import NotReady, TunnelSecurity
 
 
 class MappingIngressEndpoint(Endpoint):
@@ -37,7 +37,10 @@ class MappingIngressEndpoint(Endpoint):
                                       f"{(exc.strerror or str(exc)).lower()}", sock)
         up.settimeout(None)
         set_nodelay(up)
-        channel = TlsChannel(self.security.client_context, up, server_side=False)
+        try:
+            channel = self.security.new_channel(up, HANDSHAKE_TIMEOUT)
+        except NotReady as exc:
+            return self.failed(stats, str(exc), sock, up)
         try:
             channel.handshake(HANDSHAKE_TIMEOUT)
             self.security.check_peer(channel, stats)
