@@ -94,6 +94,38 @@ def check(config_file: str | None, config_content: str | None) -> None:
     click.echo(f"configuration OK: {len(config.ingress)} ingress, {len(config.egress)} egress")
 
 
+@main.group()
+def dev() -> None:
+    """Sample-TEE development services: an Attestation Agent and an Attestation
+    Service that speak the real CoCo protocols (no TEE needed)."""
+
+
+@dev.command("aa")
+@click.option("--socket", "socket_path", required=True, metavar="PATH",
+              help="Unix socket to serve ttrpc on (e.g. /run/confidential-containers/attestation-agent/"
+                   "attestation-agent.sock); use unix://PATH as aa_addr.")
+def dev_aa(socket_path: str) -> None:
+    """Run a sample-TEE Attestation Agent (ttrpc over a unix socket) until SIGTERM/SIGINT."""
+    from tng_nfq.attestation.dev_aa import run_forever
+
+    run_forever(socket_path)
+
+
+@dev.command("as")
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, metavar="HOST:PORT",
+              help="REST API address (POST /attestation, GET /certificate, POST /challenge).")
+@click.option("--grpc", "grpc_listen", default=None, metavar="HOST:PORT", help="Also serve the gRPC API here.")
+@click.option("--policy", default="trust_all", show_default=True,
+              help="Appraisal policy: trust_all, deny_all, or reject_svn_below:N.")
+@click.option("--state-dir", required=True, metavar="DIR",
+              help="Where the token-signing CA (ca.pem) and signer are kept (created on first start).")
+def dev_as(listen: str, grpc_listen: str | None, policy: str, state_dir: str) -> None:
+    """Run a sample-TEE Attestation Service issuing EAR tokens until SIGTERM/SIGINT."""
+    from tng_nfq.attestation.dev_as import run_forever
+
+    run_forever(listen, grpc_listen=grpc_listen, policy=policy, state_dir=state_dir)
+
+
 @main.command()
 def demo() -> None:
     """Run the demo: two lab namespaces, a real HTTP request through the tunnel,

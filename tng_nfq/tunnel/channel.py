@@ -51,13 +51,10 @@ def _ssl_error_text() -> str:
 class TlsChannel:
     """TLS 1.3 over a connected TCP socket, safe for one reader plus one writer thread."""
 
-    def __init__(self, ctx: SSL.Context, sock: socket.socket, server_side: bool, identity=None):
+    def __init__(self, ctx: SSL.Context, sock: socket.socket, server_side: bool):
         self.sock = sock
         self.server_side = server_side
         self.conn = SSL.Connection(ctx, None)  # None: memory BIOs
-        if identity is not None:  # tng_nfq.tunnel.tls.Identity
-            self.conn.use_certificate(identity.cert)
-            self.conn.use_privatekey(identity.key)
         if server_side:
             self.conn.set_accept_state()
         else:

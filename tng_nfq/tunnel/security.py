@@ -9,6 +9,8 @@ dummy one) and `verify` (demand and check the peer's evidence).
 
 from __future__ import annotations
 
+import threading
+
 import structlog
 from OpenSSL import SSL
 
@@ -64,8 +66,9 @@ class TunnelSecurity:
             except (OSError, ValueError) as exc:
                 raise SetupRefused(f"{path}.verify.trusted_certs_paths",
                                    f"cannot load trust anchors: {exc}") from None
-        self.context: SSL.Context = (server_context(request_client_cert=self.verifier is not None)
-                                     if server_side else client_context())
+        self._context: SSL.Context | None = None
+        self._context_identity: Identity | None = None
+        self._context_lock = threading.Lock()
 
     @classmethod
     def for_endpoint(cls, ra: RaConfig, path: str, server_side: bool) -> "TunnelSecurity":
@@ -97,8 +100,19 @@ class TunnelSecurity:
         # or reverse one-way attestation where only the client attests).
         return no_ra_identity() if self.server_side else None
 
+    def context_for(self, identity: Identity | None) -> SSL.Context:
+        """The context presenting `identity`, made once per identity (not per connection)."""
+        with self._context_lock:
+            if self._context is None or self._context_identity is not identity:
+                if self.server_side:
+                    self._context = server_context(identity, request_client_cert=self.verifier is not None)
+                else:
+                    self._context = client_context(identity)
+                self._context_identity = identity
+            return self._context
+
     def new_channel(self, sock, timeout: float) -> TlsChannel:
-        return TlsChannel(self.context, sock, server_side=self.server_side, identity=self.identity(timeout))
+        return TlsChannel(self.context_for(self.identity(timeout)), sock, server_side=self.server_side)
 
     def check_peer(self, channel: TlsChannel, stats: ConnectionStats) -> None:
         """Runs after the handshake, before the relay starts; raises TlsError to refuse."""

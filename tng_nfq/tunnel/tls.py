@@ -17,28 +17,30 @@ import functools
 from dataclasses import dataclass
 from importlib import resources
 
-from OpenSSL import SSL, crypto
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from OpenSSL import SSL
 
 ALPN_RATS_TLS = b"rats-tls"
 
 
 @dataclass(frozen=True)
 class Identity:
-    """The certificate and key an endpoint presents (as pyOpenSSL objects, ready to use)."""
+    """The certificate and key an endpoint presents."""
 
-    cert: crypto.X509
-    key: crypto.PKey
+    cert: x509.Certificate
+    key: PrivateKeyTypes
     attested: bool  # carries evidence (False: the fixed no_ra certificate)
 
     @classmethod
-    def from_objects(cls, cert, key, attested: bool) -> "Identity":
-        """From `cryptography` certificate and private key objects."""
-        return cls(crypto.X509.from_cryptography(cert), crypto.PKey.from_cryptography_key(key), attested)
+    def from_objects(cls, cert: x509.Certificate, key: PrivateKeyTypes, attested: bool) -> "Identity":
+        return cls(cert, key, attested)
 
     @classmethod
     def from_pem(cls, cert_pem: bytes, key_pem: bytes, attested: bool) -> "Identity":
-        return cls(crypto.load_certificate(crypto.FILETYPE_PEM, cert_pem),
-                   crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem), attested)
+        return cls(x509.load_pem_x509_certificate(cert_pem),
+                   serialization.load_pem_private_key(key_pem, password=None), attested)
 
 
 @functools.cache
@@ -58,22 +60,27 @@ def _accept_any_certificate(conn, cert, errnum, depth, ok) -> bool:
     return True
 
 
-def _base_context() -> SSL.Context:
-    # The certificate is set per connection (TlsChannel): an attester's
-    # certificate changes when its evidence is refreshed.
+def _base_context(identity: Identity | None) -> SSL.Context:
+    # One context per identity: an attester gets a new context when its
+    # evidence is refreshed (loading a key into OpenSSL per connection would
+    # cost more than the handshake's own crypto).
     ctx = SSL.Context(SSL.TLS_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
     ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
+    if identity is not None:
+        ctx.use_certificate(identity.cert)
+        ctx.use_privatekey(identity.key)
+        ctx.check_privatekey()
     return ctx
 
 
-def client_context() -> SSL.Context:
+def client_context(identity: Identity | None = None) -> SSL.Context:
     """Context for the ingress side (TLS client).
 
-    A client that attests itself (reverse one-way or two-way) answers the
-    server's certificate request with the identity set on its connection.
+    `identity` is given when the client attests itself (reverse one-way or
+    two-way): it answers the server's certificate request with it.
     """
-    ctx = _base_context()
+    ctx = _base_context(identity)
     ctx.set_verify(SSL.VERIFY_PEER, _accept_any_certificate)
     ctx.set_alpn_protos([ALPN_RATS_TLS])
     # A fresh session per connection: never offer resumption.
@@ -95,9 +102,9 @@ def _select_rats_tls(conn, offered: list[bytes]):
     raise AlpnMismatch(f"client offered ALPN {offered!r}, not rats-tls")
 
 
-def server_context(request_client_cert: bool) -> SSL.Context:
+def server_context(identity: Identity, request_client_cert: bool) -> SSL.Context:
     """Context for the egress side (TLS server)."""
-    ctx = _base_context()
+    ctx = _base_context(identity)
     if request_client_cert:
         ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _accept_any_certificate)
     else:
