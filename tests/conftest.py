@@ -438,6 +438,25 @@ class TwoHostLab:
             assert not errors, errors
             return received
 
+    def echo_paced(self, port: int, data: bytes, chunk: int = 16384) -> bytes:
+        """ECHO `data` one chunk at a time, waiting for each chunk's echo: at most
+        one chunk is in flight, so a packet capture keeps up with the traffic."""
+        received = bytearray()
+        with self.connect(port) as sock:
+            sock.sendall(b"ECHO\n")
+            for start in range(0, len(data), chunk):
+                piece = data[start:start + chunk]
+                sock.sendall(piece)
+                want = len(received) + len(piece)
+                while len(received) < want:
+                    got = sock.recv(want - len(received))
+                    if not got:
+                        raise AssertionError(f"connection closed after {len(received)} echoed bytes")
+                    received += got
+            sock.shutdown(socket.SHUT_WR)
+            received += recv_all(sock)
+        return bytes(received)
+
     def dump_logs(self) -> str:
         parts = []
         for path in sorted(self.workdir.glob("*.log")):

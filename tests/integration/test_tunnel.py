@@ -313,7 +313,7 @@ def test_capture_wire_is_tls_only(lab, tmp_path, blob):
         stack.enter_context(capture(lab.client, 20002, pcaps[20002]))
         stack.enter_context(capture(lab.client, 10001, pcaps[10001], interface="lo"))
         result = lab.curl(f"http://127.0.0.1:10001/{marker.decode()}")
-        echoed = lab.echo(10002, bulk)
+        echoed = lab.echo_paced(10002, bulk)
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.encode() == b"response " + marker * 50
