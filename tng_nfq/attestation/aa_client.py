@@ -146,7 +146,7 @@ class _Session:
         return response.payload
 
     def get_evidence(self, runtime_data: bytes) -> bytes:
-        payload = self.call(GET_EVIDENCE, pb.encode_message([(1, runtime_data)]))
+        payload = self.call(GET_EVIDENCE, pb.encode_message([(1, runtime_data or None)]))
         return self._field_bytes(GET_EVIDENCE, payload)
 
     def get_tee_type(self) -> str:
@@ -159,7 +159,7 @@ class _Session:
                 f"bad response: {exc}") from exc
 
     def get_additional_evidence(self, runtime_data: bytes) -> bytes | None:
-        payload = self.call(GET_ADDITIONAL_EVIDENCE, pb.encode_message([(1, runtime_data)]))
+        payload = self.call(GET_ADDITIONAL_EVIDENCE, pb.encode_message([(1, runtime_data or None)]))
         return self._field_bytes(GET_ADDITIONAL_EVIDENCE, payload) or None
 
     def _field_bytes(self, method: str, payload: bytes) -> bytes:

@@ -64,7 +64,7 @@ def handle(request: Request) -> Response:
             return Response(pb.encode_message([(1, TEE_TYPE)]))
         if request.method == GET_ADDITIONAL_EVIDENCE:
             # The sample TEE has no additional evidence: an empty answer.
-            return Response(pb.encode_message([(1, b"")]))
+            return Response(b"")  # proto3: an empty Evidence field is simply absent
     except ProtobufError as exc:
         return Response(code=CODE_INVALID_ARGUMENT, message=f"bad {request.method} request: {exc}")
     return Response(code=CODE_UNIMPLEMENTED,

@@ -99,7 +99,9 @@ class Request:
     metadata: tuple[tuple[str, str], ...] = ()
 
     def encode(self) -> bytes:
-        fields: list = [(1, self.service), (2, self.method), (3, self.payload)]
+        # proto3 leaves empty fields out; upstream's client does too, e.g. a
+        # GetTeeType request has no payload field at all.
+        fields: list = [(1, self.service), (2, self.method), (3, self.payload or None)]
         if self.timeout_nano:
             fields.append((4, self.timeout_nano))
         for key, value in self.metadata:
@@ -133,7 +135,7 @@ class Response:
         # The reference servers always send a status; an OK one is empty.
         status = pb.encode_message([(1, self.code or None), (2, self.message or None)])
         fields.append((1, status))
-        fields.append((2, self.payload))
+        fields.append((2, self.payload or None))
         return pb.encode_message(fields)
 
     @classmethod
