@@ -253,7 +253,7 @@ class AttestationServiceClient:
         """The AS's token-signing chain from `GET /certificate` (REST only)."""
         if self.use_grpc:
             raise self._fail("the gRPC API has no certificate endpoint; configure trusted_certs_paths")
-        status, body = self._http("GET", "/certificate", None)
+        status, body = self._http("GET", self._prefix + "/certificate", None)
         if not 200 <= status < 300:
             raise self._fail(f"HTTP {status}: {_one_line(body)}")
         try:
@@ -282,7 +282,7 @@ class AttestationServiceClient:
             raise self._fail("answered something that is not a token") from None
 
     def _post_json(self, path: str, obj: dict) -> tuple[int, bytes]:
-        return self._http("POST", path, json.dumps(obj, separators=(",", ":")).encode("utf-8"))
+        return self._http("POST", self._prefix + path, json.dumps(obj, separators=(",", ":")).encode("utf-8"))
 
     def _http(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
         # http.client rather than urllib: no proxy environment variables get a
@@ -296,7 +296,7 @@ class AttestationServiceClient:
         if body is not None:
             headers["Content-Type"] = "application/json"
         try:
-            conn.request(method, self._prefix + path, body=body, headers=headers)
+            conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read(MAX_RESPONSE_BYTES + 1)
             if len(data) > MAX_RESPONSE_BYTES:
