@@ -16,6 +16,7 @@ import signal
 import socket
 import stat
 import threading
+from typing import Callable
 
 from . import protobuf as pb
 from .aa_client import GET_ADDITIONAL_EVIDENCE, GET_EVIDENCE, GET_TEE_TYPE, SERVICE
@@ -71,7 +72,7 @@ def handle(request: Request) -> Response:
                     message=f"{request.service}/{request.method} is not implemented")
 
 
-def _serve_connection(conn: socket.socket) -> None:
+def _serve_connection(conn: socket.socket, handler: Callable[[Request], Response]) -> None:
     proto = ServerConnection()
     with conn:
         try:
@@ -81,7 +82,7 @@ def _serve_connection(conn: socket.socket) -> None:
                     return
                 out = bytearray()
                 for stream_id, item in proto.receive_data(data):
-                    response = handle(item) if isinstance(item, Request) else item
+                    response = handler(item) if isinstance(item, Request) else item
                     out += proto.respond(stream_id, response)
                 if out:
                     conn.sendall(out)
@@ -101,8 +102,13 @@ def _remove_stale(path: str) -> None:
 
 
 def serve(socket_path: str, stop: threading.Event | None = None,
-          ready: threading.Event | None = None) -> None:
-    """Serve until ``stop`` is set (forever if None)."""
+          ready: threading.Event | None = None,
+          handler: Callable[[Request], Response] = handle) -> None:
+    """Serve until ``stop`` is set (forever if None).
+
+    ``ready`` is set once the socket accepts connections; ``handler`` lets
+    tests serve deliberately wrong evidence.
+    """
     stop = stop or threading.Event()
     _remove_stale(socket_path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -112,7 +118,7 @@ def serve(socket_path: str, stop: threading.Event | None = None,
 
     def run(conn: socket.socket) -> None:
         try:
-            _serve_connection(conn)
+            _serve_connection(conn, handler)
         finally:
             with lock:
                 conns.discard(conn)
