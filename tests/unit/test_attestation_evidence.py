@@ -339,3 +339,27 @@ def test_raw_spki_is_the_certificates_own_bytes():
         spki = ev._raw_spki(cert)
         assert spki == ev.spki_der(key.public_key())
         assert spki in cert.tbs_certificate_bytes
+
+
+# -- robustness: anything malformed is an EvidenceError, nothing else ---------
+
+_VALID = der(build_attested_certificate(_k := new_key(), coco=coco_for(_k)))
+
+
+@given(st.lists(st.tuples(st.integers(0, len(_VALID) - 1), st.integers(1, 255)),
+                min_size=1, max_size=4))
+def test_mutated_certificates_fail_cleanly(flips):
+    blob = bytearray(_VALID)
+    for pos, mask in flips:
+        blob[pos] ^= mask
+    try:
+        parse_peer_certificate(bytes(blob))
+    except EvidenceError:
+        pass
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_extension_content_fails_cleanly(content):
+    key = new_key()
+    with pytest.raises(EvidenceError):
+        parse_peer_certificate(_cert_with_extension(key, content))

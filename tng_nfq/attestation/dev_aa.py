@@ -124,12 +124,10 @@ def serve(socket_path: str, stop: threading.Event | None = None,
                 conns.discard(conn)
 
     try:
-        # Bind under a restrictive umask so the socket is never briefly world-writable.
-        old_umask = os.umask(0o117)
-        try:
-            listener.bind(socket_path)
-        finally:
-            os.umask(old_umask)
+        # No umask juggling: umask is process-wide and serve() may run in a
+        # thread of a bigger process. Under the usual umask the fresh socket
+        # is not group/world-writable, so nobody else can connect before chmod.
+        listener.bind(socket_path)
         os.chmod(socket_path, SOCKET_MODE)
         bound_inode = os.lstat(socket_path).st_ino
         listener.listen(64)
@@ -141,8 +139,6 @@ def serve(socket_path: str, stop: threading.Event | None = None,
             try:
                 conn, _ = listener.accept()
             except socket.timeout:
-                continue
-            except InterruptedError:
                 continue
             conn.settimeout(None)
             with lock:
@@ -163,7 +159,10 @@ def serve(socket_path: str, stop: threading.Event | None = None,
 
 
 def run_forever(socket_path: str) -> None:
-    """Serve until SIGTERM or SIGINT, then clean up and return (exit 0)."""
+    """Serve until SIGTERM or SIGINT, then clean up and return (exit 0).
+
+    Call it from the main thread (Python only installs signal handlers there).
+    """
     stop = threading.Event()
 
     def on_signal(signum, frame):  # noqa: ARG001

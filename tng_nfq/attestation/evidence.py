@@ -25,7 +25,7 @@ from typing import Any
 
 import cbor2
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
@@ -263,12 +263,15 @@ def parse_peer_certificate(der: bytes, now: dt.datetime | None = None) -> PeerEv
     except ValueError as exc:
         raise EvidenceError(f"peer certificate is not valid DER X.509: {exc}") from exc
 
-    _check_self_signature(cert)
+    try:
+        _check_self_signature(cert)
+    except (UnsupportedAlgorithm, ValueError) as exc:
+        raise EvidenceError(f"peer certificate uses an unsupported key or signature: {exc}") from exc
 
     now = now or dt.datetime.now(dt.timezone.utc)
     if now.tzinfo is None:
         now = now.replace(tzinfo=dt.timezone.utc)
-    not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+    not_before, not_after = _validity(cert)
     if now + CLOCK_SKEW < not_before:
         raise EvidenceError(f"peer certificate is not valid before {not_before.isoformat()}")
     if now - CLOCK_SKEW > not_after:
@@ -305,6 +308,14 @@ def parse_peer_certificate(der: bytes, now: dt.datetime | None = None) -> PeerEv
         raise EvidenceError("evidence is bound to a different key "
                             "(aa_runtime_data pubkey-hash does not match the certificate's key)")
     return PeerEvidence(key_hash, coco, None, not_after)
+
+
+def _validity(cert: x509.Certificate) -> tuple[dt.datetime, dt.datetime]:
+    # The *_utc accessors exist from cryptography 42; setup.cfg allows 41.
+    if hasattr(cert, "not_valid_before_utc"):
+        return cert.not_valid_before_utc, cert.not_valid_after_utc
+    return (cert.not_valid_before.replace(tzinfo=dt.timezone.utc),
+            cert.not_valid_after.replace(tzinfo=dt.timezone.utc))
 
 
 def _check_self_signature(cert: x509.Certificate) -> None:
