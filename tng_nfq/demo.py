@@ -1,10 +1,12 @@
 """`tng-nfq demo`: the README's main job, end to end on one machine.
 
 Two lab namespaces joined by a veth pair (addresses exist only inside
-them): "server" runs a plain HTTP backend and a tng-nfq egress (mapping);
-"client" runs a tng-nfq ingress (mapping) and curl. The request crosses the
-link inside rats-tls; tcpdump on the tunnel port proves the wire carries
-TLS only. Everything is removed at the end, also on failure or Ctrl-C.
+them): "server" plays the TEE: a plain HTTP backend, the sample-TEE
+Attestation Agent and a tng-nfq egress (mapping, `attest`); "client" runs
+the sample Attestation Service, a tng-nfq ingress (mapping, `verify`) and
+curl. The tunnel only opens once the AS has appraised the server's
+evidence; tcpdump on the tunnel port proves the wire carries TLS only.
+Everything is removed at the end, also on failure or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -39,15 +41,18 @@ def _tng_nfq() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "tng_nfq.cli"]
 
 
-def demo_configs() -> tuple[dict, dict]:
+AS_PORT = 8080
+
+
+def demo_configs(aa_socket: str) -> tuple[dict, dict]:
     egress = {"add_egress": [{
         "mapping": {"in": {"host": SERVER_ADDR, "port": TUNNEL_PORT},
                     "out": {"host": "127.0.0.1", "port": BACKEND_PORT}},
-        "no_ra": True}]}
+        "attest": {"aa_addr": f"unix://{aa_socket}"}}]}
     ingress = {"add_ingress": [{
         "mapping": {"in": {"host": "127.0.0.1", "port": INGRESS_PORT},
                     "out": {"host": SERVER_ADDR, "port": TUNNEL_PORT}},
-        "no_ra": True}]}
+        "verify": {"as_addr": f"http://127.0.0.1:{AS_PORT}/", "policy_ids": ["default"]}}]}
     return ingress, egress
 
 
@@ -88,11 +93,22 @@ def _run(lab: Lab, work: Path) -> int:
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port(server, "127.0.0.1", BACKEND_PORT, proc=backend)
 
-    ingress_cfg, egress_cfg = demo_configs()
+    aa_socket = work / "attestation-agent.sock"
+    _step(f"server: sample-TEE Attestation Agent (ttrpc) on unix://{aa_socket}")
+    aa = lab.spawn(server, [*_tng_nfq(), "dev", "aa", "--socket", str(aa_socket)],
+                   stdout=subprocess.DEVNULL, stderr=(work / "aa.log").open("w"))
+    _wait_for_file(aa_socket, aa)
+    _step(f"client: sample Attestation Service (REST) on 127.0.0.1:{AS_PORT}, policy trust_all")
+    as_proc = lab.spawn(client, [*_tng_nfq(), "dev", "as", "--listen", f"127.0.0.1:{AS_PORT}",
+                                 "--state-dir", str(work / "as-state")],
+                        stdout=subprocess.DEVNULL, stderr=(work / "as.log").open("w"))
+    wait_for_port(client, "127.0.0.1", AS_PORT, proc=as_proc)
+
+    ingress_cfg, egress_cfg = demo_configs(str(aa_socket))
     logs = {}
-    for ns, name, cfg, port, host in ((server, "egress", egress_cfg, TUNNEL_PORT, SERVER_ADDR),
-                                      (client, "ingress", ingress_cfg, INGRESS_PORT, "127.0.0.1")):
-        _step(f"{ns is server and 'server' or 'client'}: tng-nfq {name} (mapping, no_ra): {json.dumps(cfg)}")
+    for ns, name, cfg, role in ((server, "egress", egress_cfg, "server: tng-nfq egress (mapping, attest)"),
+                                (client, "ingress", ingress_cfg, "client: tng-nfq ingress (mapping, verify)")):
+        _step(f"{role}: {json.dumps(cfg)}")
         logs[name] = work / f"{name}.log"
         proc = lab.spawn(ns, [*_tng_nfq(), "--log-format", "json", "launch", "--config-content", json.dumps(cfg)],
                          stdout=subprocess.DEVNULL, stderr=logs[name].open("w"))
@@ -119,6 +135,7 @@ def _run(lab: Lab, work: Path) -> int:
     click.echo(f"  request/response text seen in clear: {'YES' if leaked else 'no'}")
 
     _step("access log of the tunnel")
+    verdicts: list = []
     for name, path in logs.items():
         for line in path.read_text().splitlines():
             try:
@@ -129,13 +146,34 @@ def _run(lab: Lab, work: Path) -> int:
                 click.echo(f"  {name}: {entry['downstream']} -> {entry['listener']} ({entry['mode']}) -> "
                            f"{entry['upstream']}: {entry['bytes_up']} B up, {entry['bytes_down']} B down, "
                            f"encrypted={entry['encrypted']} attested={entry['attested']}")
+                if name == "ingress":
+                    verdicts.append(entry.get("peer_attestation"))
+    _step("attestation result (the client's verdict on the server)")
+    verdict = verdicts[-1] if verdicts else None
+    if verdict:
+        click.echo(f"  TEE type: {verdict['tee_type']}, policy: {', '.join(verdict['policy_ids'])}, "
+                   f"status: {verdict['status']} (model {verdict['model']}, AS http://127.0.0.1:{AS_PORT}/)")
+    else:
+        click.echo("  no verdict recorded")
+    ok = ok and bool(verdict) and verdict.get("status") == "affirming"
     _step("cleaning up (processes, namespaces, veth)")
     if ok:
-        click.secho("demo OK: the request went through the tunnel and the wire carried only TLS", fg="green")
+        click.secho("demo OK: the server was attested, the request went through the tunnel, "
+                    "and the wire carried only TLS", fg="green")
         return 0
     click.secho("demo FAILED: the capture does not show a clean TLS tunnel", fg="red")
     _show_logs(logs)
     return 1
+
+
+def _wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise LabError(f"{path} did not appear (process exit code {proc.poll()})")
+        time.sleep(0.05)
 
 
 def _show_logs(logs: dict) -> None:

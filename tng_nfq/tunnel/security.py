@@ -120,7 +120,9 @@ class TunnelSecurity:
             raise TlsError(f"peer negotiated {channel.version}, only TLSv1.3 is accepted")
         if channel.alpn != ALPN_RATS_TLS:
             raise TlsError(f"peer did not negotiate ALPN rats-tls (got {channel.alpn!r})")
-        stats.attested = False
+        # "attested": remote attestation protects this connection, whichever
+        # side proved itself; peer_attestation says what we checked of the peer.
+        stats.attested = self.attester is not None
         if self.verifier is None:
             return
         from tng_nfq.attestation.verifier import AttestationFailed
