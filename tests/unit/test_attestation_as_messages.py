@@ -154,6 +154,14 @@ def test_grpc_decode_errors():
         as_grpc.decode_request(_ld(1, _ld(1, b"sample") + _ld(3, b"e") + _ld(5, b"{nope")))
 
 
+def test_wire_fields():
+    req = sample_request()
+    assert as_grpc.wire_fields(as_grpc.encode_request(req)) == {"top": [1, 2], "field1": [[1, 3, 5, 8]]}
+    flat = AttestationRequest(req.requests, req.policy_ids, "flat")
+    assert as_grpc.wire_fields(as_grpc.encode_request(flat))["top"] == [1, 2, 4, 7, 9]
+    assert "undecodable" in as_grpc.wire_fields(b"\x0a\x05ab")
+
+
 def test_grpc_response():
     assert as_grpc.encode_response(TOKEN) == bytes([0x0a, len(TOKEN)]) + TOKEN.encode()
     assert as_grpc.decode_response(as_grpc.encode_response(TOKEN)) == TOKEN

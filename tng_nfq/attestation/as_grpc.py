@@ -143,6 +143,22 @@ def decode_request(data: bytes) -> AttestationRequest:
     return AttestationRequest((req,), tuple(pb.get_repeated_strings(fields, 9)), "flat")
 
 
+def wire_fields(data: bytes) -> dict:
+    """Which field numbers a request carries, top level and (when they parse)
+    inside field 1: enough to tell the layouts apart in a log line."""
+    try:
+        fields = pb.decode_message(data)
+    except pb.ProtobufError as exc:
+        return {"undecodable": str(exc)}
+    inner = []
+    for value in fields.get(1, []):
+        try:
+            inner.append(sorted(pb.decode_message(value)) if isinstance(value, bytes) else None)
+        except pb.ProtobufError:
+            inner.append(None)
+    return {"top": sorted(fields), "field1": inner}
+
+
 def encode_response(token: str) -> bytes:
     return pb.encode_message([(1, token)])
 
@@ -193,17 +209,21 @@ def evaluate(channel, req: AttestationRequest, *, timeout: float) -> str:
 # --------------------------------------------------------------------------
 # server glue
 
-def service_handler(handler: Callable[[AttestationRequest], str]):
+def service_handler(handler: Callable[[AttestationRequest], str],
+                    on_raw: Callable[[bytes], None] | None = None):
     """A grpc generic handler serving AttestationEvaluate with `handler`.
 
     `handler` returns the token; it raises ValueError for a bad request
     (INVALID_ARGUMENT), PermissionError for refused evidence
-    (PERMISSION_DENIED); anything else becomes INTERNAL.
+    (PERMISSION_DENIED); anything else becomes INTERNAL. `on_raw` sees each
+    request's bytes first (the dev AS logs their layout).
     """
     import grpc
 
     def evaluate_rpc(request: bytes, context):
         code = message = None
+        if on_raw is not None:
+            on_raw(request)
         try:
             req = decode_request(request)
         except ValueError as exc:
@@ -224,15 +244,19 @@ def service_handler(handler: Callable[[AttestationRequest], str]):
     return grpc.method_handlers_generic_handler(SERVICE, {METHOD: rpc})
 
 
-def start_server(listen: str, handler: Callable[[AttestationRequest], str], *, max_workers: int = 4):
+def start_server(listen: str, handler: Callable[[AttestationRequest], str], *, max_workers: int = 4,
+                 on_raw: Callable[[bytes], None] | None = None):
     """Start a gRPC server on "HOST:PORT" (port 0 picks one); returns (server, port)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import grpc
 
     server = grpc.server(ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="dev-as-grpc"))
-    server.add_generic_rpc_handlers((service_handler(handler),))
-    port = server.add_insecure_port(listen)
+    server.add_generic_rpc_handlers((service_handler(handler, on_raw),))
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError as exc:  # newer grpcio raises instead of returning 0
+        raise OSError(f"cannot listen for gRPC on {listen}: {exc}") from None
     if not port:
         raise OSError(f"cannot listen for gRPC on {listen}")
     server.start()

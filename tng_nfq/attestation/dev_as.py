@@ -409,7 +409,10 @@ def serve(listen: str, *, grpc_listen: str | None = None, policy: str = "trust_a
         if grpc_listen:
             from tng_nfq.attestation import as_grpc
 
-            grpc_server, grpc_port = as_grpc.start_server(grpc_listen, _grpc_handler(service))
+            def on_raw(data: bytes) -> None:
+                log.info("grpc request received", size=len(data), wire_fields=as_grpc.wire_fields(data))
+
+            grpc_server, grpc_port = as_grpc.start_server(grpc_listen, _grpc_handler(service), on_raw=on_raw)
         rest_addr = httpd.server_address[:2]
         thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                   name="dev-as-http", daemon=True)
