@@ -95,6 +95,47 @@ def check(config_file: str | None, config_content: str | None) -> None:
 
 
 @main.group()
+def rules() -> None:
+    """The netfilter rules of tng-nfq (see rules/README.md)."""
+
+
+@rules.command("show")
+@_config_options
+@click.option("--removal", is_flag=True, help="Print the removal instead of the installation.")
+def rules_show(config_file: str | None, config_content: str | None, removal: bool) -> None:
+    """Print the exact rules a configuration installs (no root needed)."""
+    from tng_nfq.netfilter.commands import show_plan
+    from tng_nfq.netfilter.plan import PlanError
+
+    config = _config_source(config_file, config_content)
+    try:
+        click.echo(show_plan(config).render(removal=removal), nl=False)
+    except PlanError as exc:
+        _fail(str(exc), EXIT_CONFIG)
+
+
+@rules.command("flush")
+@click.option("--force", is_flag=True, help="Also while a running tng-nfq holds this network namespace.")
+def rules_flush(force: bool) -> None:
+    """Remove every rule, chain, ip rule and route of tng-nfq from this network namespace."""
+    from tng_nfq.netfilter.apply import flush
+    from tng_nfq.netfilter.iptables import IptablesError
+    from tng_nfq.netfilter.lock import AlreadyRunning
+    from tng_nfq.netfilter.routing import RoutingError
+
+    try:
+        removed = flush(force=force)
+    except AlreadyRunning as exc:
+        _fail(f"{exc} (stop it, or use --force)", EXIT_RUNTIME)
+    except (IptablesError, RoutingError, OSError) as exc:
+        _fail(str(exc), EXIT_RUNTIME)
+    for line in removed:
+        click.echo(f"removed: {line}")
+    if not removed:
+        click.echo("nothing of tng-nfq found in this network namespace")
+
+
+@main.group()
 def dev() -> None:
     """Sample-TEE development services: an Attestation Agent and an Attestation
     Service that speak the real CoCo protocols (no TEE needed)."""
