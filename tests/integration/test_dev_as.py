@@ -32,7 +32,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tng_nfq.attestation.as_client import AttestationRequest, VerificationRequest, build_request
+from tng_nfq.attestation.as_client import VerificationRequest, build_request
 from tng_nfq.attestation.dev_as import (
     DevAttestationService,
     Policy,
@@ -244,15 +244,36 @@ def tail(path: Path, n: int = 4000) -> str:
         return "(no log)"
 
 
+def print_tails(logdir: Path) -> None:
+    for path in sorted(logdir.glob("*.log")):
+        print(f"----- {path.name} -----\n{tail(path)}")
+
+
 @contextlib.contextmanager
 def logs_on_failure(logdir: Path):
     """Print the tail of every log in `logdir` if the block fails."""
     try:
         yield
     except BaseException:
-        for path in sorted(logdir.glob("*.log")):
-            print(f"----- {path.name} -----\n{tail(path)}")
+        print_tails(logdir)
         raise
+
+
+@contextlib.contextmanager
+def tails_if_test_failed(request, logdir: Path):
+    """For fixtures: a test's exception never reaches the fixture, so compare
+    the session's failure count instead, and print past pytest's capture
+    (teardown output of a failed test is not shown otherwise)."""
+    before = request.session.testsfailed
+    try:
+        yield
+    finally:
+        if request.session.testsfailed > before:
+            capman = request.config.pluginmanager.getplugin("capturemanager")
+            ctx = capman.global_and_fixture_disabled() if capman else contextlib.nullcontext()
+            with ctx:
+                print(f"\n===== logs of {request.node.name} =====")
+                print_tails(logdir)
 
 
 def dev_as_argv(rest: int, grpc: int | None, policy: str, state_dir: Path) -> list[str]:
@@ -317,8 +338,8 @@ def net(tmp_path_factory):
 
 
 @pytest.fixture
-def logs(net):
-    with logs_on_failure(net["logdir"]):
+def logs(net, request):
+    with tails_if_test_failed(request, net["logdir"]):
         yield net["logdir"]
 
 
@@ -537,13 +558,13 @@ class UpstreamPair:
 
 
 @pytest.fixture
-def upstream(tmp_path):
+def upstream(tmp_path, request):
     need_root()
     upstream_tng()
     with Lab("asup") as lab:
         ns = lab.add("solo")
         pair = UpstreamPair(lab, ns, tmp_path)
-        with logs_on_failure(tmp_path):
+        with tails_if_test_failed(request, tmp_path):
             yield pair
 
 

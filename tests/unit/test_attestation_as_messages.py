@@ -304,3 +304,35 @@ def test_client_rejects_bad_addresses():
     for bad in ("ftp://x/", "http:///nohost"):
         with pytest.raises(ValueError):
             AttestationServiceClient(bad)
+
+
+def test_grpc_client_falls_back_to_flat_layout_once(monkeypatch):
+    layouts = []
+
+    def fake_evaluate(channel, req, *, timeout):
+        layouts.append(req.layout)
+        if req.layout == "current":
+            raise as_grpc.GrpcCallError("INTERNAL", "failed to decode Protobuf message: invalid wire type")
+        return TOKEN
+
+    client = AttestationServiceClient("http://127.0.0.1:5000/", grpc=True)
+    monkeypatch.setattr(client, "_channel", lambda: None)
+    monkeypatch.setattr(as_grpc, "evaluate", fake_evaluate)
+    assert attest(client) == TOKEN
+    assert layouts == ["current", "flat"]
+
+
+def test_grpc_client_does_not_retry_other_errors(monkeypatch):
+    calls = []
+
+    def fake_evaluate(channel, req, *, timeout):
+        calls.append(req.layout)
+        raise as_grpc.GrpcCallError("INVALID_ARGUMENT", "sample evidence report_data does not match")
+
+    client = AttestationServiceClient("http://127.0.0.1:5000/", grpc=True)
+    monkeypatch.setattr(client, "_channel", lambda: None)
+    monkeypatch.setattr(as_grpc, "evaluate", fake_evaluate)
+    with pytest.raises(AttestationServiceError,
+                       match=r"^attestation service http://127.0.0.1:5000/: gRPC INVALID_ARGUMENT: sample"):
+        attest(client)
+    assert calls == ["current"]
