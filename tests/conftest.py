@@ -11,8 +11,10 @@ SIGTERM — without a helper process.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
+import struct
 import itertools
 import json
 import os
@@ -29,6 +31,7 @@ from typing import Callable
 
 import pytest
 
+from tng_nfq.lab.capture import WireReport, _packets, analyze_pcap, capture
 from tng_nfq.lab.netns import (
     Lab,
     Namespace,
@@ -154,29 +157,93 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def hello_extensions(stream: bytes) -> dict[int, bytes] | None:
+    """Extensions (type -> body) of the ClientHello or ServerHello that opens
+    `stream`; None when the stream does not start with one."""
+    try:
+        if stream[0] != 22 or stream[5] not in (1, 2):
+            return None
+        client = stream[5] == 1
+        pos = 5 + 4 + 2 + 32  # record header, handshake header, legacy version, random
+        pos += 1 + stream[pos]  # session id
+        if client:
+            pos += 2 + int.from_bytes(stream[pos:pos + 2], "big")  # cipher suites
+            pos += 1 + stream[pos]  # compression methods
+        else:
+            pos += 2 + 1  # the chosen cipher suite and compression
+        end = pos + 2 + int.from_bytes(stream[pos:pos + 2], "big")
+        pos += 2
+        extensions = {}
+        while pos + 4 <= end:
+            etype = int.from_bytes(stream[pos:pos + 2], "big")
+            elen = int.from_bytes(stream[pos + 2:pos + 4], "big")
+            extensions[etype] = stream[pos + 4:pos + 4 + elen]
+            pos += 4 + elen
+        return extensions
+    except IndexError:
+        return None
+
+
+EXT_PRE_SHARED_KEY = 41
+EXT_SUPPORTED_VERSIONS = 43
+
+
 def server_hello_version(s2c: bytes) -> int | None:
     """The TLS version a server selected in its ServerHello (0x0304 = TLS 1.3).
 
     TLS 1.3 puts it in the supported_versions extension; the legacy field says
     TLS 1.2 (0x0303). None when `s2c` does not start with a ServerHello."""
-    try:
-        if s2c[0] != 22 or s2c[5] != 2:
-            return None
-        legacy = int.from_bytes(s2c[9:11], "big")
-        pos = 5 + 4 + 2 + 32
-        pos += 1 + s2c[pos]  # session id
-        pos += 2 + 1  # cipher suite, compression
-        end = pos + 2 + int.from_bytes(s2c[pos:pos + 2], "big")
-        pos += 2
-        while pos + 4 <= end:
-            etype = int.from_bytes(s2c[pos:pos + 2], "big")
-            elen = int.from_bytes(s2c[pos + 2:pos + 4], "big")
-            if etype == 43 and elen == 2:
-                return int.from_bytes(s2c[pos + 4:pos + 6], "big")
-            pos += 4 + elen
-        return legacy
-    except IndexError:
+    extensions = hello_extensions(s2c)
+    if extensions is None or s2c[5] != 2:
         return None
+    chosen = extensions.get(EXT_SUPPORTED_VERSIONS)
+    if chosen is not None and len(chosen) == 2:
+        return int.from_bytes(chosen, "big")
+    return int.from_bytes(s2c[9:11], "big")
+
+
+def capture_holes(pcap: Path, port: int) -> list[str]:
+    """What a capture of `port` is missing: TCP sequence ranges that were sent
+    (later bytes or the FIN prove it) but are not in the file, per flow and
+    direction. tcpdump can drop packets when the machine is busy; a capture
+    with holes cannot prove what crossed the wire, so tests repeat it."""
+    flows: dict[tuple, dict] = {}
+    for ip in _packets(Path(pcap)):
+        if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != 6:
+            continue
+        ihl = (ip[0] & 0x0F) * 4
+        total = struct.unpack_from("!H", ip, 2)[0]
+        tcp = ip[ihl:total]
+        if len(tcp) < 20:
+            continue
+        sport, dport, seq = struct.unpack_from("!HHI", tcp, 0)
+        if port not in (sport, dport):
+            continue
+        flags = tcp[13]
+        length = len(tcp) - (tcp[12] >> 4) * 4
+        key = (ip[12:16], sport, ip[16:20], dport)
+        d = flows.setdefault(key, {"syn": None, "fin": None, "segs": []})
+        if flags & 0x02:
+            d["syn"] = seq
+        if flags & 0x01:
+            d["fin"] = (seq + length) & 0xFFFFFFFF
+        if length:
+            d["segs"].append((seq, length))
+    holes = []
+    for (src, sport, dst, dport), d in flows.items():
+        name = f"{'.'.join(map(str, src))}:{sport}->{'.'.join(map(str, dst))}:{dport}"
+        if d["syn"] is None:
+            holes.append(f"{name}: SYN not captured")
+            continue
+        base = (d["syn"] + 1) & 0xFFFFFFFF
+        end = 0
+        for off, length in sorted(((seq - base) & 0xFFFFFFFF, length) for seq, length in d["segs"]):
+            if off > end:
+                holes.append(f"{name}: bytes {end}..{off} missing")
+            end = max(end, off + length)
+        if d["fin"] is not None and (d["fin"] - base) & 0xFFFFFFFF > end:
+            holes.append(f"{name}: bytes {end}..{(d['fin'] - base) & 0xFFFFFFFF} (before the FIN) missing")
+    return holes
 
 
 # -- processes in the lab ----------------------------------------------------
@@ -303,7 +370,10 @@ class TwoHostLab:
     poll_until = staticmethod(poll_until)
     sha256 = staticmethod(sha256)
     server_hello_version = staticmethod(server_hello_version)
+    hello_extensions = staticmethod(hello_extensions)
+    EXT_PRE_SHARED_KEY = EXT_PRE_SHARED_KEY
     ns_connect = staticmethod(ns_connect)
+    capture_holes = staticmethod(capture_holes)
 
     def __init__(self, lab: Lab, workdir: Path):
         self.lab = lab
@@ -456,6 +526,33 @@ class TwoHostLab:
             sock.shutdown(socket.SHUT_WR)
             received += recv_all(sock)
         return bytes(received)
+
+    def capture_complete(self, ports: dict[int, str], traffic: Callable[[], object],
+                         check_each: Callable[[int, WireReport], None], attempts: int = 4,
+                         ns: Namespace | None = None) -> tuple[object, dict[int, WireReport]]:
+        """Run `traffic()` while tcpdump captures each port (port -> interface).
+
+        `check_each(port, report)` runs on every capture, complete or not (the
+        place for "the marker never appears in clear"). Returns the traffic's
+        result and the reports of the first attempt whose captures have no
+        holes; a capture with holes (tcpdump dropped packets) is repeated with
+        fresh connections, at most `attempts` times."""
+        ns = ns or self.client
+        missing = []
+        for attempt in range(1, attempts + 1):
+            pcaps = {port: self.workdir / f"capture{attempt}-{port}.pcap" for port in ports}
+            with contextlib.ExitStack() as stack:
+                for port, interface in ports.items():
+                    stack.enter_context(capture(ns, port, pcaps[port], interface=interface))
+                result = traffic()
+            reports = {port: analyze_pcap(path, port) for port, path in pcaps.items()}
+            for port, report in reports.items():
+                check_each(port, report)
+            holes = [h for port, path in pcaps.items() for h in capture_holes(path, port)]
+            if not holes:
+                return result, reports
+            missing.append(holes)
+        raise AssertionError(f"no complete capture in {attempts} attempts: {missing}")
 
     def dump_logs(self) -> str:
         parts = []

@@ -13,13 +13,10 @@ Two mapping entries per instance: 10001 -> 20001 -> HTTP backend :30001,
 
 from __future__ import annotations
 
-import contextlib
 import os
 from types import SimpleNamespace
 
 import pytest
-
-from tng_nfq.lab.capture import analyze_pcap, capture
 
 pytestmark = [pytest.mark.root, pytest.mark.interop]
 
@@ -92,32 +89,56 @@ def test_full_duplex_echo_10mb(lab, pair, blob_bytes):
     assert len(echoed) == len(blob_bytes) and lab.sha256(echoed) == lab.sha256(blob_bytes)
 
 
-def test_wire_is_tls13_with_alpn_rats_tls(lab, pair, tmp_path):
+def test_wire_is_tls13_with_alpn_rats_tls(lab, pair):
     """Both tunnel ports captured in the client namespace while HTTP and binary
     traffic carrying a marker cross: every flow is TLS 1.3 (offered and chosen),
     ALPN rats-tls is offered, and the marker never appears in clear."""
-    payload = (os.urandom(2048) + pair.marker) * 256
-    pcaps = {port: tmp_path / f"tunnel-{port}.pcap" for port in (HTTP_TUNNEL, BULK_TUNNEL)}
-    with contextlib.ExitStack() as stack:
-        for port, path in pcaps.items():
-            stack.enter_context(capture(lab.client, port, path))
-        result = lab.curl(f"http://127.0.0.1:{HTTP_IN}/index.txt?{pair.marker.decode()}")
-        echoed = lab.echo_paced(BULK_IN, payload)
+    payload = (os.urandom(2048) + pair.marker) * 64
+
+    def traffic():
+        return (lab.curl(f"http://127.0.0.1:{HTTP_IN}/index.txt?{pair.marker.decode()}"),
+                lab.echo_paced(BULK_IN, payload))
+
+    def no_marker_on_the_wire(port, report):
+        assert not report.contains(pair.marker), [f.summary() for f in report.flows]
+
+    (result, echoed), reports = lab.capture_complete({HTTP_TUNNEL: "any", BULK_TUNNEL: "any"},
+                                                     traffic, no_marker_on_the_wire)
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.encode() == pair.body  # the marker is in the response body too
     assert echoed == payload
-    for port, path in pcaps.items():
-        report = analyze_pcap(path, port)
+    for port, report in reports.items():
         summary = [f.summary() for f in report.flows]
         assert len(report.flows) == 1, summary
         assert report.all_tls, summary
-        assert not report.contains(pair.marker), summary
         flow = report.flows[0]
         assert "rats-tls" in flow.alpn_offered, summary
         assert flow.tls_version_ok, summary  # the ClientHello offers TLS 1.3
         assert lab.server_hello_version(flow.s2c) == 0x0304, summary  # and the server chose it
         assert 23 in flow.records_c2s and 23 in flow.records_s2c, summary
         assert flow.server == f"{lab.SERVER_ADDR}:{port}"
-    bulk_flow = analyze_pcap(pcaps[BULK_TUNNEL], BULK_TUNNEL).flows[0]
+    bulk_flow = reports[BULK_TUNNEL].flows[0]
     assert len(bulk_flow.c2s) > len(payload) and len(bulk_flow.s2c) > len(payload)
+
+
+def test_no_session_resumption(lab, pair):
+    """Every tunnel connection runs a full handshake (a resumed one would skip
+    attestation): our client never offers a pre-shared key, our server never
+    accepts one, also when the upstream peer offers or issues tickets."""
+    def traffic():
+        return [lab.curl(f"http://127.0.0.1:{HTTP_IN}/index.txt") for _ in range(3)]
+
+    results, reports = lab.capture_complete({HTTP_TUNNEL: "any"}, traffic, lambda port, report: None)
+
+    assert all(r.returncode == 0 and r.stdout.encode() == pair.body for r in results), results
+    flows = reports[HTTP_TUNNEL].flows
+    assert len(flows) == 3, [f.summary() for f in flows]
+    for flow in flows:
+        client_hello = lab.hello_extensions(flow.c2s)
+        server_hello = lab.hello_extensions(flow.s2c)
+        assert client_hello is not None and server_hello is not None, flow.summary()
+        if pair.ingress.impl == "tng_nfq":
+            assert lab.EXT_PRE_SHARED_KEY not in client_hello, "our ingress offered session resumption"
+        if pair.egress.impl == "tng_nfq":
+            assert lab.EXT_PRE_SHARED_KEY not in server_hello, "our egress resumed a session"

@@ -7,8 +7,6 @@ client namespace (198.18.0.1)             server namespace (198.18.0.2)
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import signal
 import socket
@@ -16,8 +14,6 @@ import subprocess
 from types import SimpleNamespace
 
 import pytest
-
-from tng_nfq.lab.capture import analyze_pcap, capture
 
 pytestmark = pytest.mark.root
 
@@ -305,28 +301,27 @@ def test_capture_wire_is_tls_only(lab, tmp_path, blob):
     lab.start_backend(30002, blob=blob)
     lab.start_nfq(lab.server, lab.egress_config((20001, 30001), (20002, 30002)), "egress")
     lab.start_nfq(lab.client, lab.ingress_config((10001, 20001), (10002, 20002)), "ingress")
-    bulk = (os.urandom(4096) + marker) * 64
+    bulk = (os.urandom(4096) + marker) * 32
 
-    pcaps = {port: tmp_path / f"{port}.pcap" for port in (20001, 20002, 10001)}
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(capture(lab.client, 20001, pcaps[20001]))
-        stack.enter_context(capture(lab.client, 20002, pcaps[20002]))
-        stack.enter_context(capture(lab.client, 10001, pcaps[10001], interface="lo"))
-        result = lab.curl(f"http://127.0.0.1:10001/{marker.decode()}")
-        echoed = lab.echo_paced(10002, bulk)
+    def traffic():
+        return lab.curl(f"http://127.0.0.1:10001/{marker.decode()}"), lab.echo_paced(10002, bulk)
+
+    def no_marker_on_the_wire(port, report):
+        if port != 10001:
+            assert not report.contains(marker), [f.summary() for f in report.flows]
+
+    (result, echoed), reports = lab.capture_complete({20001: "any", 20002: "any", 10001: "lo"},
+                                                     traffic, no_marker_on_the_wire)
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.encode() == b"response " + marker * 50
     assert echoed == bulk
-
-    plaintext = analyze_pcap(pcaps[10001], 10001)
-    assert plaintext.contains(marker), "control capture of the plaintext side missed the marker"
+    assert reports[10001].contains(marker), "control capture of the plaintext side missed the marker"
     for port in (20001, 20002):
-        report = analyze_pcap(pcaps[port], port)
+        report = reports[port]
         summary = [f.summary() for f in report.flows]
         assert len(report.flows) == 1, summary
         assert report.all_tls, summary
-        assert not report.contains(marker), summary
         flow = report.flows[0]
         assert flow.alpn_offered == ["rats-tls"], summary
         assert flow.tls_version_ok, summary
@@ -334,7 +329,7 @@ def test_capture_wire_is_tls_only(lab, tmp_path, blob):
         assert 23 in flow.records_c2s and 23 in flow.records_s2c, summary  # application data both ways
         assert flow.server == f"{lab.SERVER_ADDR}:{port}"
     # the binary payload crossed as ciphertext of at least its own size
-    bulk_flow = analyze_pcap(pcaps[20002], 20002).flows[0]
+    bulk_flow = reports[20002].flows[0]
     assert len(bulk_flow.c2s) > len(bulk) and len(bulk_flow.s2c) > len(bulk)
 
 
