@@ -1,9 +1,17 @@
-"""Loopback throughput benchmark: direct vs stunnel vs upstream TNG vs tng_nfq.
+"""Loopback benchmarks: direct vs stunnel vs upstream TNG vs tng_nfq.
 
-Run as ``python -m bench`` (root needed: everything runs inside a throw-away
-network namespace). See bench/README.md.
+Two suites: `throughput` (iperf3 bulk TCP) and `connrate` (new connections
+per second, each carrying one short request/response, with and without
+remote attestation). Run as ``python -m bench`` (root needed: everything
+runs inside a throw-away network namespace). See bench/README.md.
 """
 
 PEER_NAMES = ("direct", "stunnel", "upstream-tng", "tng_nfq")
 BASELINE = "direct"
 HEADLINE = ("tng_nfq", "upstream-tng")  # numerator, denominator of the headline ratio
+
+SUITES = ("throughput", "connrate")
+# connrate variants "<peer>:<ra>"; ra "attest" = egress attest + ingress verify (one-way)
+CONNRATE_PEER_NAMES = ("direct", "upstream-tng:attest", "tng_nfq:attest", "upstream-tng:no_ra", "tng_nfq:no_ra")
+CONNRATE_HEADLINES = {"attest": ("tng_nfq:attest", "upstream-tng:attest"),
+                      "no_ra": ("tng_nfq:no_ra", "upstream-tng:no_ra")}

@@ -1,7 +1,9 @@
-"""python -m bench: loopback TCP throughput through direct / stunnel / upstream-tng / tng_nfq.
+"""python -m bench: loopback benchmarks through direct / stunnel / upstream-tng / tng_nfq.
 
-Everything (iperf3 server and client, both ends of every tunnel) runs inside one
-fresh network namespace with only a loopback interface; the namespace and
+Suites: `throughput` (iperf3 bulk TCP) and `connrate` (new connections per
+second with a short request/response, attested and no_ra). Everything (load
+generators, servers, both ends of every tunnel, the sample AA/AS) runs inside
+one fresh network namespace with only a loopback interface; the namespace and
 every process are removed at the end, also after a failure or Ctrl-C.
 """
 
@@ -21,14 +23,27 @@ from pathlib import Path
 
 from tng_nfq.lab.netns import Lab, existing_namespaces
 
-from . import PEER_NAMES
+from . import CONNRATE_HEADLINES, PEER_NAMES, SUITES
+from . import connrate
 from .measure import Sample, first_line, foreign_processes, run_iperf_client, schedule
 from .peers import PEERS, Context, IperfServer, PeerError, Ports, venv_tool
-from .report import GBIT, build_results, format_table, plot_throughput, write_json
+from .report import (
+    GBIT,
+    build_connrate_results,
+    build_results,
+    format_connrate_table,
+    format_table,
+    plot_connrate,
+    plot_throughput,
+    write_json,
+)
 
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
+# throughput alone keeps its longer runs; with both suites the default stays near 3 minutes
 DEFAULTS = {"reps": 3, "duration": 5.0}
+DEFAULTS_WITH_CONNRATE = {"reps": 3, "duration": 4.0}
 QUICK = {"reps": 2, "duration": 3.0}
+PEER_START_S = {"direct": 0.0, "stunnel": 0.3, "upstream-tng": 1.5, "tng_nfq": 1.2}  # rough, for the estimate
 
 
 def _csv(kind):
@@ -43,28 +58,53 @@ def _csv(kind):
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Bulk TCP throughput (iperf3) through direct loopback, stunnel, upstream TNG "
+        description="Bulk TCP throughput (iperf3) and connection rate (short request/response per "
+                    "connection, attested and no_ra) through direct loopback, stunnel, upstream TNG "
                     "and tng_nfq, side by side, inside a private network namespace. Needs root.")
+    ap.add_argument("--suites", type=_csv(str), default=None,
+                    help=f"comma-separated subset of {','.join(SUITES)} (default: both)")
+    ap.add_argument("--suite", dest="suites", type=_csv(str), help="same as --suites")
     ap.add_argument("--peers", type=_csv(str), default=list(PEER_NAMES),
-                    help=f"comma-separated subset of {','.join(PEER_NAMES)} (default: all)")
+                    help=f"comma-separated subset of {','.join(PEER_NAMES)} (default: all; connrate "
+                         "runs the attest and no_ra variants of each tng, and has no stunnel)")
     ap.add_argument("--streams", type=_csv(int), default=[1, 8],
-                    help="comma-separated parallel stream counts (iperf3 -P), default 1,8")
+                    help="throughput: comma-separated parallel stream counts (iperf3 -P), default 1,8")
     ap.add_argument("--reps", type=int, default=None,
-                    help=f"repetitions per peer and stream count (default {DEFAULTS['reps']}, "
+                    help=f"repetitions of every test, both suites (default {DEFAULTS['reps']}, "
                          f"--quick {QUICK['reps']})")
     ap.add_argument("--duration", type=float, default=None,
-                    help=f"seconds per iperf3 run (default {DEFAULTS['duration']:g}, "
-                         f"--quick {QUICK['duration']:g})")
+                    help=f"throughput: seconds per iperf3 run (default {DEFAULTS['duration']:g} alone, "
+                         f"{DEFAULTS_WITH_CONNRATE['duration']:g} with connrate, --quick {QUICK['duration']:g})")
+    ap.add_argument("--connrate-duration", type=float, default=None,
+                    help=f"connrate: seconds per timed load run (default {connrate.DEFAULTS['duration']:g}, "
+                         f"--quick {connrate.QUICK['duration']:g})")
+    ap.add_argument("--concurrency", type=int, default=connrate.DEFAULTS["concurrency"],
+                    help="connrate: concurrent client connections (worker threads) of the load generator "
+                         f"(default {connrate.DEFAULTS['concurrency']})")
     ap.add_argument("--quick", action="store_true",
-                    help="short run (about a minute): fewer repetitions, shorter runs")
+                    help="short run (about 1.5 minutes with both suites): fewer repetitions, shorter runs")
     ap.add_argument("--out", type=Path, default=None,
                     help="output directory (default bench/results/<UTC timestamp>/)")
     args = ap.parse_args(argv)
-    preset = QUICK if args.quick else DEFAULTS
+    if args.suites is None:
+        args.suites = list(SUITES)
+    bad = [s for s in args.suites if s not in SUITES]
+    if bad or len(set(args.suites)) != len(args.suites):
+        ap.error(f"--suites: choose distinct names from {', '.join(SUITES)}")
+    args.suites = [s for s in SUITES if s in args.suites]  # fixed order: throughput first
+    if args.quick:
+        preset = QUICK
+    elif "connrate" in args.suites:
+        preset = DEFAULTS_WITH_CONNRATE
+    else:
+        preset = DEFAULTS
     if args.reps is None:
         args.reps = preset["reps"]
     if args.duration is None:
         args.duration = preset["duration"]
+    if args.connrate_duration is None:
+        args.connrate_duration = (connrate.QUICK if args.quick else connrate.DEFAULTS)["duration"]
+    args.connrate_reps = args.reps
     unknown = [p for p in args.peers if p not in PEERS]
     if unknown:
         ap.error(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(PEER_NAMES)}")
@@ -76,7 +116,26 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error("--reps must be at least 1")
     if not 1 <= args.duration <= 600:
         ap.error("--duration must be between 1 and 600 seconds")
+    if not 0.5 <= args.connrate_duration <= 600:
+        ap.error("--connrate-duration must be between 0.5 and 600 seconds")
+    if not 1 <= args.concurrency <= 512:
+        ap.error("--concurrency must be between 1 and 512")
+    if "connrate" in args.suites and not connrate.connrate_peers(args.peers):
+        ap.error("connrate has no peer among --peers (it runs direct, upstream-tng and tng_nfq)")
     return args
+
+
+def estimate_seconds(args) -> float:
+    """A rough duration of the whole run, printed at the start."""
+    total = 0.0
+    if "throughput" in args.suites:
+        per_rep = sum(PEER_START_S.get(p, 1.0) + len(args.streams) * (args.duration + 0.7) for p in args.peers)
+        total += args.reps * per_rep
+    if "connrate" in args.suites:
+        cr = connrate.connrate_peers(args.peers)
+        per_rep = sum(PEER_START_S.get(connrate.base_peer(p), 1.0) + args.connrate_duration + 0.6 for p in cr)
+        total += 2.0 + args.reps * per_rep
+    return total
 
 
 def machine_info() -> dict:
@@ -227,12 +286,22 @@ class Runner:
         return sample
 
 
+CONNRATE_DESCRIPTIONS = {
+    "direct": "load generator straight to the request/response backend, no tunnel",
+    "upstream-tng:attest": "upstream tng 2.12: ingress verify (dev AS, REST, policy default) -> egress attest (dev AA)",
+    "tng_nfq:attest": "tng-nfq: ingress verify (dev AS, REST, policy default) -> egress attest (dev AA)",
+    "upstream-tng:no_ra": "upstream tng 2.12: ingress -> egress, no_ra",
+    "tng_nfq:no_ra": "tng-nfq: ingress -> egress, no_ra",
+}
+
+
 def run(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         print("bench: needs root (it creates a private network namespace); "
               "run `sudo .venv/bin/python -m bench` or `sudo make bench`", file=sys.stderr)
         return 2
-    for tool in ("ip", "iperf3"):
+    tools = ["ip"] + (["iperf3"] if "throughput" in args.suites else [])
+    for tool in tools:
         if not shutil.which(tool):
             print(f"bench: `{tool}` not found; run scripts/install-system-deps.sh", file=sys.stderr)
             return 2
@@ -243,22 +312,33 @@ def run(args: argparse.Namespace) -> int:
     logdir = out / "logs"
     logdir.mkdir(exist_ok=True)
     machine = machine_info()
-    plan = schedule(args.peers, args.reps)
-    est = len(plan) * len(args.streams) * (args.duration + 0.7)
-    _say(f"bench: {len(args.peers)} peers x streams {args.streams} x {args.reps} reps x "
-         f"{args.duration:g}s (about {est / 60:.1f} min); output in {out}")
+    do_tp = "throughput" in args.suites
+    do_cr = "connrate" in args.suites
+    tp_peers = args.peers if do_tp else []
+    cr_peers = connrate.connrate_peers(args.peers) if do_cr else []
+    plan = schedule(tp_peers, args.reps) if do_tp else []
+    what = []
+    if do_tp:
+        what.append(f"throughput: {len(tp_peers)} peers x streams {args.streams} x {args.reps} reps x "
+                    f"{args.duration:g}s")
+    if do_cr:
+        what.append(f"connrate: {len(cr_peers)} peers x {args.reps} reps x {args.connrate_duration:g}s, "
+                    f"{args.concurrency} workers")
+    _say(f"bench: {'; '.join(what)} (about {estimate_seconds(args) / 60:.1f} min); output in {out}")
     if machine["loadavg_start"][0] > 0.5:
         _say(f"bench: note: load average is {machine['loadavg_start'][0]:.2f} before starting; "
              "other work on this machine skews the numbers")
 
-    samples = {p: {s: [] for s in args.streams} for p in args.peers}
-    errors: dict[str, list[str]] = {p: [] for p in args.peers}
-    peer_info: dict[str, dict] = {p: {"description": PEERS[p].description} for p in args.peers}
+    samples = {p: {s: [] for s in args.streams} for p in tp_peers}
+    errors: dict[str, list[str]] = {p: [] for p in tp_peers}
+    peer_info: dict[str, dict] = {p: {"description": PEERS[p].description} for p in tp_peers}
     runner = None
+    cr_state: dict | None = None
     interrupted = False
     aborted = None
     ns_name = None
     server = None
+    timings: dict[str, float] = {}
 
     # SIGTERM/SIGHUP clean up like Ctrl-C does (unless ignored on purpose, e.g. under nohup)
     old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
@@ -273,13 +353,24 @@ def run(args: argparse.Namespace) -> int:
         ns = lab.add("solo")
         ns_name = ns.name
         ports = Ports()
-        ctx = Context(lab=lab, workdir=Path(tmp.name), logdir=logdir, ports=ports)
-        server = IperfServer(ctx, ns, ports.take())
-        server.start()
-        runner = Runner(args, ns, ctx, server, samples, errors, peer_info)
-        for rep, name in plan:
-            runner.measure_peer(rep, name)
-        server.stop()
+        if do_tp:
+            ctx = Context(lab=lab, workdir=Path(tmp.name), logdir=logdir, ports=ports)
+            server = IperfServer(ctx, ns, ports.take())
+            server.start()
+            runner = Runner(args, ns, ctx, server, samples, errors, peer_info)
+            for rep, name in plan:
+                runner.measure_peer(rep, name)
+            server.stop()
+            timings["throughput_s"] = round(time.monotonic() - t0, 1)
+        if do_cr:
+            t1 = time.monotonic()
+            crdir = logdir / "connrate"
+            crdir.mkdir(exist_ok=True)
+            crwork = Path(tmp.name) / "connrate"
+            crwork.mkdir(exist_ok=True)
+            cr_ctx = Context(lab=lab, workdir=crwork, logdir=crdir, ports=ports)
+            cr_state = connrate.run_suite(args, lab, ns, cr_ctx, cr_peers)
+            timings["connrate_s"] = round(time.monotonic() - t1, 1)
     except KeyboardInterrupt:
         interrupted = True
         _say("bench: interrupted, cleaning up")
@@ -299,39 +390,74 @@ def run(args: argparse.Namespace) -> int:
     leftover = [n for n in existing_namespaces() if n == ns_name]
     finished = dt.datetime.now(dt.timezone.utc)
     machine["loadavg_end"] = list(os.getloadavg())
-    params = {"peers": args.peers, "streams": args.streams, "reps": args.reps,
+    params = {"suites": args.suites, "peers": tp_peers, "streams": args.streams, "reps": args.reps,
               "duration": args.duration, "quick": args.quick,
               "iperf3_client": "iperf3 -c 127.0.0.1 -p PORT -t DURATION -P STREAMS -J",
               "order": [f"rep{r + 1}:{p}" for r, p in plan]}
-    results = build_results(peers=args.peers, streams=args.streams, reps=args.reps,
+    results = build_results(peers=tp_peers, streams=args.streams, reps=args.reps,
                             samples=samples, errors=errors, machine=machine, params=params,
                             extra_peer_info=peer_info)
+    results["schema"] = 2
+    results["suites"] = args.suites
+    if do_cr:
+        cr_runner = cr_state["runner"] if cr_state else None
+        info = {p: {"description": CONNRATE_DESCRIPTIONS.get(p, "")} for p in cr_peers}
+        for p in cr_peers:
+            if cr_runner:
+                info[p].update(cr_runner.info.get(p, {}))
+        cr_params = {"peers": cr_peers, "reps": args.reps, "duration": args.connrate_duration,
+                     "concurrency": args.concurrency, "request_bytes": connrate.REQUEST_SIZE,
+                     "reply_bytes": connrate.REQUEST_SIZE,
+                     "exchange": "connect, send request, read reply, read the server's EOF, close "
+                                 "(the backend closes first)",
+                     "load_generator": "bench/loadgen.py run (Python threads, blocking sockets)",
+                     "order": [f"rep{r + 1}:{p}" for r, p in (cr_state or {}).get("plan", [])]}
+        results["connrate"] = build_connrate_results(
+            peers=cr_peers, reps=args.reps,
+            samples=cr_runner.samples if cr_runner else {},
+            errors=cr_runner.errors if cr_runner else {p: [] for p in cr_peers},
+            headlines={k: v for k, v in CONNRATE_HEADLINES.items() if v[0] in cr_peers and v[1] in cr_peers},
+            params=cr_params, extra_peer_info=info)
+    foreign = set(runner.foreign) if runner else set()
     results["run"] = {"started_utc": started.isoformat(), "finished_utc": finished.isoformat(),
-                      "elapsed_s": round(time.monotonic() - t0, 1), "interrupted": interrupted,
+                      "elapsed_s": round(time.monotonic() - t0, 1), **timings, "interrupted": interrupted,
                       "aborted": aborted, "namespace": ns_name,
                       "namespace_removed": ns_name is not None and not leftover,
                       "iperf3_server_restarts": server.restarts if server else 0,
                       "peer_restarts": runner.retries if runner else 0,
-                      "foreign_processes_seen": sorted(runner.foreign) if runner else [],
+                      "connrate_peer_restarts": cr_state["runner"].retries if cr_state else 0,
+                      "connrate_backend_restarts": cr_state.get("backend_restarts", 0) if cr_state else 0,
+                      "foreign_processes_seen": sorted(foreign),
                       "logs": "logs/"}
     write_json(results, out / "results.json")
-    try:
-        plot_throughput(results, out / "throughput.png")
-        chart = out / "throughput.png"
-    except Exception as exc:  # noqa: BLE001 - the numbers matter more than the picture
-        chart = None
-        _say(f"bench: chart not written: {exc}")
-    (out / "summary.txt").write_text(format_table(results) + "\n")
+    charts = []
+    for enabled, plot, name in ((do_tp, plot_throughput, "throughput.png"),
+                                (do_cr, plot_connrate, "connrate.png")):
+        if not enabled:
+            continue
+        try:
+            plot(results, out / name)
+            charts.append(str(out / name))
+        except Exception as exc:  # noqa: BLE001 - the numbers matter more than the picture
+            _say(f"bench: {name} not written: {exc}")
+    tables = []
+    if do_tp:
+        tables.append(format_table(results))
+    if do_cr:
+        tables.append(format_connrate_table(results["connrate"]))
+    summary = "\n\n".join(tables)
+    (out / "summary.txt").write_text(summary + "\n")
 
     _say("")
     if interrupted or aborted:
         _say("bench: PARTIAL RESULTS (run " + ("interrupted" if interrupted else "aborted") + ")")
-    _say(format_table(results))
+    _say(summary)
     _say("")
-    _say(f"results: {out / 'results.json'}" + (f", chart: {chart}" if chart else ""))
-    if runner and runner.foreign:
+    _say(f"load average: {machine['loadavg_start'][0]:.2f} at start, {machine['loadavg_end'][0]:.2f} at end")
+    _say(f"results: {out / 'results.json'}" + (f", charts: {', '.join(charts)}" if charts else ""))
+    if foreign:
         _say("bench: note: other benchmark-like processes ran outside the namespace meanwhile "
-             "(they share the CPUs): " + "; ".join(sorted(runner.foreign)[:5]))
+             "(they share the CPUs): " + "; ".join(sorted(foreign)[:5]))
     if leftover:
         _say(f"bench: WARNING namespace {ns_name} still exists")
     if interrupted:

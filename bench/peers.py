@@ -214,19 +214,24 @@ def write_self_signed(cert_path: Path, key_path: Path) -> None:
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def ingress_config(in_port: int, hop: int, control_port: int | None = None) -> dict:
+NO_RA = {"no_ra": True}
+
+
+def ingress_config(in_port: int, hop: int, control_port: int | None = None, ra: dict | None = None) -> dict:
+    """`ra` is the remote-attestation part of the entry: {"no_ra": true} (default) or {"verify": {...}}."""
     cfg: dict = {"add_ingress": [{"mapping": {"in": {"host": "127.0.0.1", "port": in_port},
                                               "out": {"host": "127.0.0.1", "port": hop}},
-                                  "no_ra": True}]}
+                                  **(ra or NO_RA)}]}
     if control_port is not None:
         cfg["control_interface"] = {"restful": {"host": "127.0.0.1", "port": control_port}}
     return cfg
 
 
-def egress_config(hop: int, out_port: int, control_port: int | None = None) -> dict:
+def egress_config(hop: int, out_port: int, control_port: int | None = None, ra: dict | None = None) -> dict:
+    """`ra`: {"no_ra": true} (default) or {"attest": {...}}."""
     cfg: dict = {"add_egress": [{"mapping": {"in": {"host": "127.0.0.1", "port": hop},
                                              "out": {"host": "127.0.0.1", "port": out_port}},
-                                 "no_ra": True}]}
+                                 **(ra or NO_RA)}]}
     if control_port is not None:
         cfg["control_interface"] = {"restful": {"host": "127.0.0.1", "port": control_port}}
     return cfg
@@ -238,6 +243,15 @@ class _TngLike(Peer):
     tool = "?"
     use_control_interface = False
 
+    def __init__(self, ctx: Context, ingress_ra: dict | None = None, egress_ra: dict | None = None,
+                 label: str | None = None):
+        """`ingress_ra`/`egress_ra`: the remote-attestation part of each config (default no_ra);
+        `label` names this variant in logs and results (default: the peer name)."""
+        super().__init__(ctx)
+        self.ingress_ra, self.egress_ra = ingress_ra, egress_ra
+        if label:
+            self.name = label
+
     def start(self, ns, in_port, out_port):
         self.ns = ns
         exe = venv_tool(self.tool)
@@ -248,9 +262,9 @@ class _TngLike(Peer):
         if self.use_control_interface:
             ctl_in, ctl_eg = self.ctx.ports.take(), self.ctx.ports.take()
         egress = self._spawn("egress", [exe, "launch", "--config-content",
-                                        json.dumps(egress_config(hop, out_port, ctl_eg))])
+                                        json.dumps(egress_config(hop, out_port, ctl_eg, self.egress_ra))])
         ingress = self._spawn("ingress", [exe, "launch", "--config-content",
-                                          json.dumps(ingress_config(in_port, hop, ctl_in))])
+                                          json.dumps(ingress_config(in_port, hop, ctl_in, self.ingress_ra))])
         ports = {hop: egress, in_port: ingress}
         extra = None
         if self.use_control_interface:

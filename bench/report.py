@@ -198,3 +198,177 @@ def plot_throughput(results: Mapping, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# -- connection-rate suite ------------------------------------------------------
+
+
+def cpu_ms_per_conn(sample: Mapping) -> dict[str, float | None]:
+    """CPU milliseconds per completed exchange, per watched process and for the generator."""
+    ok = sample.get("ok") or 0
+    cpu = sample.get("cpu") or {}
+    out: dict[str, float | None] = {}
+    if ok <= 0:
+        return out
+    for role, secs in (cpu.get("procs_cpu_s") or {}).items():
+        out[role] = None if secs is None else round(1e3 * secs / ok, 4)
+    if cpu.get("loadgen_cpu_s") is not None:
+        out["loadgen"] = round(1e3 * cpu["loadgen_cpu_s"] / ok, 4)
+    if out.get("ingress") is not None and out.get("egress") is not None:
+        out["tunnel"] = round(out["ingress"] + out["egress"], 4)
+    return out
+
+
+def _median_of(samples: Sequence[Mapping], getter) -> float | None:
+    vals = []
+    for s in samples:
+        try:
+            v = getter(s)
+        except (KeyError, TypeError):
+            v = None
+        if v is not None:
+            vals.append(v)
+    return median(vals)
+
+
+def build_connrate_results(*, peers: Sequence[str], reps: int, samples: Mapping[str, Sequence[Mapping]],
+                           errors: Mapping[str, Sequence[str]], headlines: Mapping[str, tuple[str, str]],
+                           params: Mapping | None = None,
+                           extra_peer_info: Mapping[str, Mapping] | None = None) -> dict:
+    """The `connrate` part of results.json: per peer the samples, medians and CPU cost; ratios."""
+    out: dict = {"params": dict(params or {}), "peers": {}, "ratios": {}}
+    medians: dict[str, float | None] = {}
+    for peer in peers:
+        got = list(samples.get(peer, []))
+        errs = list(errors.get(peer, []))
+        rates = [float(s["conn_per_s"]) for s in got]
+        med = median(rates)
+        medians[peer] = med
+        roles = sorted({r for s in got for r in cpu_ms_per_conn(s)})
+        entry: dict = {
+            "status": peer_status({0: rates}, errs, reps),
+            "errors": errs,
+            "n": len(rates),
+            "samples_conn_per_s": rates,
+            "median_conn_per_s": med,
+            "min_conn_per_s": min(rates) if rates else None,
+            "max_conn_per_s": max(rates) if rates else None,
+            "failed_exchanges": sum(int(s.get("failed") or 0) for s in got),
+            "median_latency_ms": {p: _median_of(got, lambda s, p=p: s["latency_ms"][p])
+                                  for p in ("p50", "p90", "p99")},
+            "median_loadgen_cpu_pct": _median_of(got, lambda s: s["cpu"]["loadgen_pct"]),
+            "median_machine_busy_pct": _median_of(got, lambda s: s["cpu"]["machine_busy_pct"]),
+            "median_cpu_ms_per_conn": {r: _median_of(got, lambda s, r=r: cpu_ms_per_conn(s).get(r))
+                                       for r in roles},
+            "as_requests_per_rep": [s.get("as_requests") for s in got],
+            "samples": got,
+        }
+        entry.update(dict((extra_peer_info or {}).get(peer, {})))
+        out["peers"][peer] = entry
+    for key, (num, den) in headlines.items():
+        out["ratios"][key] = {"numerator": num, "denominator": den,
+                              "ratio": ratio(medians.get(num), medians.get(den))}
+    out["ratios"][f"vs_{BASELINE}"] = {p: ratio(medians[p], medians.get(BASELINE)) for p in peers}
+    return out
+
+
+def _fmt(v, spec: str, none: str = "-") -> str:
+    return none if v is None else format(v, spec)
+
+
+def format_connrate_table(conn: Mapping) -> str:
+    """Median conn/s per peer with latency, failures and CPU cost per connection."""
+    peers = list(conn.get("peers", {}))
+    header = ["peer", "conn/s (n)", "min..max", f"/{BASELINE}", "p50 ms", "p99 ms", "failed",
+              "loadgen CPU", "tunnel CPU ms/conn (in+eg)", "AS calls/rep", "status"]
+    rows = [header]
+    vs = conn.get("ratios", {}).get(f"vs_{BASELINE}", {})
+    for peer in peers:
+        e = conn["peers"][peer]
+        cpu = e["median_cpu_ms_per_conn"]
+        tunnel = "-"
+        if cpu.get("tunnel") is not None:
+            tunnel = f"{cpu['tunnel']:.3f} ({cpu['ingress']:.3f}+{cpu['egress']:.3f})"
+        as_calls = [a for a in e["as_requests_per_rep"] if a is not None]
+        rows.append([
+            peer, f"{_fmt(e['median_conn_per_s'], '.0f')} (n={e['n']})",
+            f"{_fmt(e['min_conn_per_s'], '.0f')}..{_fmt(e['max_conn_per_s'], '.0f')}",
+            _fmt_ratio(vs.get(peer)),
+            _fmt(e["median_latency_ms"]["p50"], ".2f"), _fmt(e["median_latency_ms"]["p99"], ".2f"),
+            str(e["failed_exchanges"]),
+            _fmt(e["median_loadgen_cpu_pct"], ".0f") + ("%" if e["median_loadgen_cpu_pct"] is not None else ""),
+            tunnel,
+            ",".join(str(a) for a in as_calls) if as_calls and peer.endswith(":attest") else "-",
+            e["status"],
+        ])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("")
+    parts = []
+    for key, r in conn.get("ratios", {}).items():
+        if key.startswith("vs_"):
+            continue
+        parts.append(f"{key} {_fmt_ratio(r['ratio'])}")
+    lines.append("connrate tng_nfq / upstream-tng: " + ", ".join(parts))
+    for peer in peers:
+        e = conn["peers"][peer]
+        if e["errors"]:
+            first = e["errors"][0].splitlines()[0]
+            more = f" (+{len(e['errors']) - 1} more)" if len(e["errors"]) > 1 else ""
+            lines.append(f"{peer} {e['status']}: {first}{more}")
+    return "\n".join(lines)
+
+
+def plot_connrate(results: Mapping, path: Path) -> None:
+    """One bar per connrate peer: median conn/s with min-max whiskers, ratios and CPU/conn as labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conn = results["connrate"]
+    peers = list(conn["peers"])
+    vs = conn["ratios"].get(f"vs_{BASELINE}", {})
+    heads = {v["numerator"]: (k, v) for k, v in conn["ratios"].items() if not k.startswith("vs_")}
+    colors = {"direct": "0.55", "upstream-tng": "C0", "tng_nfq": "C1"}
+    fig, ax = plt.subplots(figsize=(11, 5.8))
+    top = 0.0
+    for i, peer in enumerate(peers):
+        e = conn["peers"][peer]
+        if e["median_conn_per_s"] is None:
+            ax.text(i, 0, f"{e['status']}\n(see results.json)", ha="center", va="bottom",
+                    color="firebrick", fontsize=9)
+            continue
+        med, lo, hi = e["median_conn_per_s"], e["min_conn_per_s"], e["max_conn_per_s"]
+        base = peer.split(":")[0]
+        hatch = "//" if peer.endswith(":no_ra") else None
+        ax.bar(i, med, 0.7, yerr=[[med - lo], [hi - med]], capsize=4, color=colors.get(base, "C2"),
+               hatch=hatch, edgecolor="black", linewidth=0.5)
+        label = f"{med:.0f}"
+        r = vs.get(peer)
+        if peer != BASELINE and r is not None:
+            label += f"\n{r:.2f}x {BASELINE}"
+        if peer in heads and heads[peer][1]["ratio"] is not None:
+            label += f"\n{heads[peer][1]['ratio']:.2f}x upstream"
+        cpu = e["median_cpu_ms_per_conn"].get("tunnel")
+        if cpu is not None:
+            label += f"\n{cpu:.2f} ms CPU/conn"
+        ax.annotate(label, (i, hi), xytext=(0, 4), textcoords="offset points", ha="center", va="bottom",
+                    fontsize=8)
+        top = max(top, hi)
+    ax.set_xticks(range(len(peers)), [p.replace(":", "\n") for p in peers])
+    ax.set_xlim(-0.6, len(peers) - 0.4)
+    ax.set_ylabel("median new connections per second")
+    ax.set_ylim(0, max(top * 1.35, 1.0))
+    m, p = results.get("machine", {}), conn.get("params", {})
+    ax.set_title(f"connection rate (connect, {p.get('request_bytes', 100)} B request, "
+                 f"{p.get('request_bytes', 100)} B reply, close) in a private netns - "
+                 f"{m.get('nproc', '?')} CPUs; {p.get('concurrency', '?')} workers, "
+                 f"{p.get('reps', '?')} reps x {p.get('duration', '?')} s, whiskers = min..max", fontsize=9.5)
+    parts = [f"{k} {_fmt_ratio(v['ratio'])}" for k, v in conn["ratios"].items() if not k.startswith("vs_")]
+    ax.text(0.01, 0.98, "tng_nfq / upstream-tng: " + ", ".join(parts), transform=ax.transAxes,
+            ha="left", va="top", fontsize=10, fontweight="bold")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -182,7 +182,16 @@ def test_parse_args_quick_and_overrides():
     b = parse_args(["--quick", "--reps", "4", "--peers", "direct,tng_nfq", "--streams", "2"])
     assert (b.reps, b.duration, b.peers, b.streams) == (4, 3.0, ["direct", "tng_nfq"], [2])
     c = parse_args([])
-    assert (c.reps, c.duration) == (3, 5.0)
+    assert (c.reps, c.duration, c.suites) == (3, 4.0, ["throughput", "connrate"])  # both suites: shorter
+    assert (c.connrate_duration, c.concurrency) == (3.0, 16)
+    t = parse_args(["--suite", "throughput"])
+    assert (t.reps, t.duration, t.suites) == (3, 5.0, ["throughput"])
+    q = parse_args(["--quick", "--suites", "connrate,throughput"])
+    assert (q.suites, q.connrate_duration, q.connrate_reps) == (["throughput", "connrate"], 2.0, 2)
+    with pytest.raises(SystemExit):
+        parse_args(["--suites", "latency"])
+    with pytest.raises(SystemExit):
+        parse_args(["--suite", "connrate", "--peers", "stunnel"])  # connrate has no stunnel
     with pytest.raises(SystemExit):
         parse_args(["--peers", "direct,nginx"])
 
