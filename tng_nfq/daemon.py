@@ -13,8 +13,9 @@ import threading
 
 import structlog
 
-from tng_nfq.config.model import Config, Egress, Ingress, MappingEgress, MappingIngress
+from tng_nfq.config.model import Config, Egress, Ingress, MappingEgress, MappingIngress, NetfilterEgress
 from tng_nfq.tunnel.egress.mapping import MappingEgressEndpoint
+from tng_nfq.tunnel.egress.netfilter import NetfilterEgressEndpoint
 from tng_nfq.tunnel.endpoint import Endpoint, StartError
 from tng_nfq.tunnel.ingress.mapping import MappingIngressEndpoint
 from tng_nfq.tunnel.security import SetupRefused, TunnelSecurity, UnsupportedFeature
@@ -37,9 +38,12 @@ def build_ingress(spec: Ingress) -> Endpoint:
     return MappingIngressEndpoint(spec, security)
 
 
-def build_egress(spec: Egress) -> Endpoint:
+def build_egress(spec: Egress, reserved_ports: frozenset[int] = frozenset()) -> Endpoint:
     if spec.decap_from_http is not None:
         raise _not_yet(f"{spec.path}.decap_from_http", "HTTP decapsulation (decap_from_http)")
+    if isinstance(spec.mode, NetfilterEgress):
+        security = TunnelSecurity.for_endpoint(spec.ra, spec.path, server_side=True)
+        return NetfilterEgressEndpoint(spec, security, reserved_ports)
     if not isinstance(spec.mode, MappingEgress):
         raise _not_yet(f"{spec.path}.{spec.mode.kind}", f"egress mode {spec.mode.kind!r}")
     security = TunnelSecurity.for_endpoint(spec.ra, spec.path, server_side=True)
@@ -52,7 +56,10 @@ def build(config: Config) -> list[Endpoint]:
         raise _not_yet("admin_bind", "the admin/control API (admin_bind, control_interface)")
     endpoints: list[Endpoint] = []
     endpoints += [build_ingress(spec) for spec in config.ingress]
-    endpoints += [build_egress(spec) for spec in config.egress]
+    from tng_nfq.netfilter.plan import reserved_ports
+
+    reserved = frozenset(reserved_ports(config))  # what an automatic listen_port must avoid
+    endpoints += [build_egress(spec, reserved) for spec in config.egress]
     return endpoints
 
 
@@ -62,6 +69,7 @@ class Daemon:
         self.endpoints = build(config)
         self._stop = threading.Event()
         self.ready = threading.Event()
+        self.netfilter = None  # NetfilterRules once installed
 
     def start(self) -> None:
         started: list[Endpoint] = []
@@ -73,11 +81,33 @@ class Daemon:
             for endpoint in started:
                 endpoint.stop(grace=0)
             raise
+        self._install_rules()
         for endpoint in self.endpoints:
             endpoint.security.start()
             endpoint.start()
         self._ready_thread = threading.Thread(target=self._announce_ready, name="ready", daemon=True)
         self._ready_thread.start()
+
+    def _install_rules(self) -> None:
+        """Netfilter rules go in once every listener is bound (they name the
+        listen ports) and before "ready"; a failure unbinds everything."""
+        from tng_nfq.netfilter.apply import ApplyError, rules_for
+        from tng_nfq.netfilter.plan import PlanError
+
+        try:
+            self.netfilter = rules_for(self.config, self.endpoints)
+            if self.netfilter is not None:
+                self.netfilter.install()
+        except (ApplyError, PlanError) as exc:
+            self.netfilter = None
+            for endpoint in self.endpoints:
+                endpoint.stop(grace=0)
+            raise StartError(str(exc)) from None
+
+    def _remove_rules(self) -> None:
+        if self.netfilter is not None:
+            self.netfilter.remove()
+            self.netfilter = None
 
     def _announce_ready(self) -> None:
         # Listeners are up; attesters may still be fetching their first
@@ -95,14 +125,22 @@ class Daemon:
 
     def run(self) -> None:
         """Start, serve until SIGTERM/SIGINT, stop cleanly."""
-        self.start()
+        # handlers first: a signal during start still ends in the cleanup below
         previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+        except BaseException:
+            self._remove_rules()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            raise
         try:
             while not self._stop.wait(3600):
                 pass
             log.info("stopping", reason="signal")
         finally:
             self._stop.set()
+            self._remove_rules()  # first: no new connection is steered to a closing listener
             for endpoint in self.endpoints:
                 endpoint.stop()
                 endpoint.security.stop()

@@ -100,3 +100,13 @@ def flush(force: bool = False, iptables: Iptables | None = None) -> list[str]:
     finally:
         if lock is not None:
             lock.release()
+
+
+def rules_for(config, endpoints) -> NetfilterRules | None:
+    """The rules of a started daemon: the plan for `config` with the listen
+    ports its netfilter endpoints actually bound. None without netfilter endpoints."""
+    from tng_nfq.netfilter.plan import build_plan
+
+    ports = {e.path: e.listen_port for e in endpoints if getattr(e, "mode", None) == "netfilter"}
+    plan = build_plan(config, ports)
+    return None if plan.empty else NetfilterRules(plan)
