@@ -13,11 +13,20 @@ import threading
 
 import structlog
 
-from tng_nfq.config.model import Config, Egress, Ingress, MappingEgress, MappingIngress, NetfilterEgress
+from tng_nfq.config.model import (
+    Config,
+    Egress,
+    Ingress,
+    MappingEgress,
+    MappingIngress,
+    NetfilterEgress,
+    NetfilterIngress,
+)
 from tng_nfq.tunnel.egress.mapping import MappingEgressEndpoint
 from tng_nfq.tunnel.egress.netfilter import NetfilterEgressEndpoint
 from tng_nfq.tunnel.endpoint import Endpoint, StartError
 from tng_nfq.tunnel.ingress.mapping import MappingIngressEndpoint
+from tng_nfq.tunnel.ingress.netfilter import NetfilterIngressEndpoint
 from tng_nfq.tunnel.security import SetupRefused, TunnelSecurity, UnsupportedFeature
 
 log = structlog.get_logger(component="daemon")
@@ -27,11 +36,14 @@ def _not_yet(path: str, what: str) -> UnsupportedFeature:
     return UnsupportedFeature(path, f"{what} is not implemented in this version of tng_nfq yet")
 
 
-def build_ingress(spec: Ingress) -> Endpoint:
+def build_ingress(spec: Ingress, reserved_ports: frozenset[int] = frozenset()) -> Endpoint:
     if spec.encap_in_http is not None:
         raise _not_yet(f"{spec.path}.encap_in_http", "HTTP encapsulation (encap_in_http)")
     if spec.web_page_inject:
         raise _not_yet(f"{spec.path}.web_page_inject", "web_page_inject")
+    if isinstance(spec.mode, NetfilterIngress):
+        security = TunnelSecurity.for_endpoint(spec.ra, spec.path, server_side=False)
+        return NetfilterIngressEndpoint(spec, security, reserved_ports)
     if not isinstance(spec.mode, MappingIngress):
         raise _not_yet(f"{spec.path}.{spec.mode.kind}", f"ingress mode {spec.mode.kind!r}")
     security = TunnelSecurity.for_endpoint(spec.ra, spec.path, server_side=False)
@@ -54,11 +66,15 @@ def build(config: Config) -> list[Endpoint]:
     """Everything that can be decided without touching the host."""
     if config.admin is not None:
         raise _not_yet("admin_bind", "the admin/control API (admin_bind, control_interface)")
-    endpoints: list[Endpoint] = []
-    endpoints += [build_ingress(spec) for spec in config.ingress]
-    from tng_nfq.netfilter.plan import reserved_ports
+    from tng_nfq.netfilter.plan import PlanError, build_plan, netfilter_paths, reserved_ports
 
+    try:  # rules that cannot be written are refused now, not at start
+        build_plan(config, {path: 0 for path in netfilter_paths(config)})
+    except PlanError as exc:
+        raise SetupRefused(exc.path, exc.problem) from None
     reserved = frozenset(reserved_ports(config))  # what an automatic listen_port must avoid
+    endpoints: list[Endpoint] = []
+    endpoints += [build_ingress(spec, reserved) for spec in config.ingress]
     endpoints += [build_egress(spec, reserved) for spec in config.egress]
     return endpoints
 

@@ -64,6 +64,11 @@ TABLE_ORDER = ("raw", "mangle", "nat")
 class PlanError(ValueError):
     """The configuration cannot be turned into rules (one line, with the config path)."""
 
+    def __init__(self, path: str, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -280,7 +285,7 @@ def resolve_listen_ports(config: Config, is_free: Callable[[int], bool]) -> dict
                 taken.add(port)
                 break
         else:
-            raise PlanError(f"{spec.path}.netfilter.listen_port: no free port from {FIRST_AUTO_PORT} up")
+            raise PlanError(f"{spec.path}.netfilter.listen_port", f"no free port from {FIRST_AUTO_PORT} up")
     return ports
 
 
@@ -289,7 +294,7 @@ def resolve_listen_ports(config: Config, is_free: Callable[[int], bool]) -> dict
 def _cgroup_arg(cgroup: str, path: str) -> str:
     """A cgroup v2 path as iptables-save writes it (always double-quoted)."""
     if '"' in cgroup or "\\" in cgroup:
-        raise PlanError(f"{path}: {cgroup!r} cannot be written as an iptables argument")
+        raise PlanError(path, f"{cgroup!r} cannot be written as an iptables argument")
     return f'"{cgroup}"'
 
 
@@ -376,7 +381,7 @@ def build_plan(config: Config, listen_ports: Mapping[str, int]) -> RulePlan:
     def port_of(path: str, configured: int | None) -> int:
         port = listen_ports.get(path, configured)
         if port is None:
-            raise PlanError(f"{path}.netfilter.listen_port: not resolved")
+            raise PlanError(f"{path}.netfilter.listen_port", "not resolved")
         return port
 
     for spec in config.ingress:
