@@ -64,8 +64,6 @@ def build_egress(spec: Egress, reserved_ports: frozenset[int] = frozenset()) -> 
 
 def build(config: Config) -> list[Endpoint]:
     """Everything that can be decided without touching the host."""
-    if config.admin is not None:
-        raise _not_yet("admin_bind", "the admin/control API (admin_bind, control_interface)")
     from tng_nfq.netfilter.plan import PlanError, build_plan, netfilter_paths, reserved_ports
 
     try:  # rules that cannot be written are refused now, not at start
@@ -86,6 +84,12 @@ class Daemon:
         self._stop = threading.Event()
         self.ready = threading.Event()
         self.netfilter = None  # NetfilterRules once installed
+        self.admin = None
+        if config.admin is not None:
+            from tng_nfq.admin import AdminServer
+
+            self.admin = AdminServer(config.admin, self.endpoints, self.ready,
+                                     extra_status=self._netfilter_status)
 
     def start(self) -> None:
         started: list[Endpoint] = []
@@ -93,6 +97,8 @@ class Daemon:
             for endpoint in self.endpoints:
                 started.append(endpoint)
                 endpoint.bind()
+            if self.admin is not None:
+                self.admin.bind()
         except StartError:
             for endpoint in started:
                 endpoint.stop(grace=0)
@@ -101,6 +107,8 @@ class Daemon:
         for endpoint in self.endpoints:
             endpoint.security.start()
             endpoint.start()
+        if self.admin is not None:
+            self.admin.start()
         self._ready_thread = threading.Thread(target=self._announce_ready, name="ready", daemon=True)
         self._ready_thread.start()
 
@@ -119,6 +127,9 @@ class Daemon:
             for endpoint in self.endpoints:
                 endpoint.stop(grace=0)
             raise StartError(str(exc)) from None
+
+    def _netfilter_status(self) -> dict:
+        return {"netfilter": {"installed": self.netfilter is not None}}
 
     def _remove_rules(self) -> None:
         if self.netfilter is not None:
@@ -147,6 +158,8 @@ class Daemon:
             self.start()
         except BaseException:
             self._remove_rules()
+            if self.admin is not None:
+                self.admin.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             raise
@@ -160,6 +173,8 @@ class Daemon:
             for endpoint in self.endpoints:
                 endpoint.stop()
                 endpoint.security.stop()
+            if self.admin is not None:
+                self.admin.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             log.info("stopped")
