@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
-import struct
 import itertools
 import json
 import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading

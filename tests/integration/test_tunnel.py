@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -341,7 +342,7 @@ def test_port_in_use_exits_1_and_leaves_nothing(lab, clash):
     the JSON path, and none of the other endpoints stays listening."""
     busy = 10002 if clash.startswith("add_ingress") else 20001
     blocker = lab.lab.spawn(lab.client, [
-        "python3", "-c",
+        sys.executable, "-c",
         "import socket, sys, time\n"
         "s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen()\n"
         "time.sleep(600)\n", str(busy)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
