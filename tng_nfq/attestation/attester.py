@@ -87,7 +87,12 @@ class Attester:
     def identity(self, timeout: float) -> Identity:
         """The certificate to present now (fresh per call when refresh_interval is 0)."""
         if self.cfg.refresh_interval == 0:
-            return self._make_identity()
+            try:
+                return self._make_identity()
+            except Exception as exc:  # AA/AS down or answering badly: refuse this connection only
+                self._last_error = _one_line(exc)
+                self.log.warning("cannot obtain fresh evidence for a handshake", error=self._last_error)
+                raise NotReady(f"{self.path}: cannot obtain fresh evidence: {self._last_error}") from None
         if not self.wait_ready(timeout):
             raise NotReady(f"{self.path}: no attested certificate yet"
                            + (f" (last error: {self._last_error})" if self._last_error else ""))
