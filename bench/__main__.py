@@ -169,6 +169,9 @@ def machine_info() -> dict:
     repo = Path(__file__).resolve().parent.parent
     commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or None
+    # the peers run the working tree (editable install): say when it differs from the commit
+    dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "tng_nfq"],
+                           capture_output=True, text=True).stdout.splitlines()
     return {
         "nproc": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)),
@@ -183,6 +186,7 @@ def machine_info() -> dict:
         "stunnel_version": stunnel_version,
         "openssl_version": first_line(["openssl", "version"]),
         "git_commit": commit,
+        "tng_nfq_uncommitted_changes": [ln[3:] for ln in dirty],
         "loadavg_start": list(os.getloadavg()),
     }
 
@@ -419,6 +423,8 @@ def run(args: argparse.Namespace) -> int:
             headlines={k: v for k, v in CONNRATE_HEADLINES.items() if v[0] in cr_peers and v[1] in cr_peers},
             params=cr_params, extra_peer_info=info)
     foreign = set(runner.foreign) if runner else set()
+    if cr_state:
+        foreign |= cr_state["runner"].foreign
     results["run"] = {"started_utc": started.isoformat(), "finished_utc": finished.isoformat(),
                       "elapsed_s": round(time.monotonic() - t0, 1), **timings, "interrupted": interrupted,
                       "aborted": aborted, "namespace": ns_name,

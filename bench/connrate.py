@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import CONNRATE_HEADLINES, CONNRATE_PEER_NAMES
-from .measure import ports_listening_in, schedule, tail
+from .measure import foreign_processes, ports_listening_in, schedule, tail
 from .peers import READY_TIMEOUT, Context, Direct, Peer, PeerError, TngNfq, UpstreamTng, venv_tool
 
 LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
@@ -186,6 +186,7 @@ class ConnRateRunner:
         self.info: dict[str, dict] = {p: {} for p in peers}
         self.disabled: set[str] = set()
         self.retries = 0
+        self.foreign: set[str] = set()
 
     def _tag(self, rep: int, name: str) -> str:
         return f"[connrate rep {rep + 1}/{self.args.connrate_reps}] {name:<19}"
@@ -251,6 +252,7 @@ class ConnRateRunner:
             self.infra.check()
         except PeerError as exc:
             return None, f"not measured: {exc}"
+        self.foreign.update(foreign_processes(self.ns.name))
         watch = {p.role: p.proc.pid for p in getattr(peer, "procs", [])}
         watch.update(self.infra.pids())
         argv = loadgen_argv(port, self.args.concurrency, self.args.connrate_duration, watch)
