@@ -10,7 +10,6 @@ every readiness wait is bounded polling of the process's own "listening" /
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 import json
 import os
@@ -294,7 +293,3 @@ def verify_passport(ca: str, policy_ids=("default",)) -> dict:
 UPSTREAM_BUILTIN_VERIFY = {"as_type": "builtin", "attestation_policy": {"type": "trust_all"}}
 
 OK_SAMPLE = {"tee_type": "sample", "policy_ids": ["default"], "status": "affirming"}
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
