@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -285,6 +287,131 @@ def test_sigint_exits_zero(lab, tunnel):
         lab.connect(INGRESS).close()
     with pytest.raises(ConnectionRefusedError):
         lab.connect(TUNNEL, host=lab.SERVER_ADDR).close()
+
+
+ROUNDS = 8
+
+
+@pytest.mark.parametrize("side", ["ingress", "egress"])
+def test_sigterm_racing_a_new_connection(lab, blob, side):
+    """SIGTERM right behind a new connection, while the daemon is accepting it
+    and starting its handler: every time, exit 0 and the connection is closed.
+
+    Several rounds with a fresh daemon each, because the race window is short;
+    a daemon that ignores the signal or crashes on it fails the round."""
+    lab.start_backend(BACKEND, blob=blob)
+    if side == "ingress":
+        lab.start_nfq(lab.server, lab.egress_config((TUNNEL, BACKEND)), "egress")
+        ns, config, host, port = lab.client, lab.ingress_config((INGRESS, TUNNEL)), "127.0.0.1", INGRESS
+    else:
+        ns, config, host, port = lab.server, lab.egress_config((TUNNEL, BACKEND)), lab.SERVER_ADDR, TUNNEL
+    for round_ in range(ROUNDS):
+        victim = lab.start_nfq(ns, config, f"{side}-{round_}")
+        # egress: raw TCP that never sends a ClientHello (the handler sits in the handshake);
+        # ingress: the handler is dialling the egress and handshaking
+        sock = lab.connect(port, host=host)
+        try:
+            rc = victim.stop(signal.SIGTERM)
+            assert rc == 0, (f"round {round_}: exit {rc} after SIGTERM (-9: ignored it and was killed)\n"
+                             + victim.log_text()[-3000:])
+            data, how = lab.recv_until_closed(sock)
+        finally:
+            sock.close()
+        assert data == b"" and how in ("eof", "reset")
+        assert victim.events("stopped"), victim.log_text()[-2000:]
+
+
+@pytest.mark.parametrize("side", ["ingress", "egress"])
+def test_sigterm_during_bulk_transfer(lab, tunnel, blob_bytes, side):
+    """SIGTERM while the relay threads are busy moving data: exit 0, the
+    client's connection is cut, the cut connection is logged."""
+    sock = lab.connect(INGRESS)
+    sender = threading.Thread(target=_send_quietly, args=(sock, b"ECHO\n" + blob_bytes * 4), daemon=True)
+    try:
+        sender.start()
+        got = 0
+        while got < 1 << 20:  # data is flowing both ways through the tunnel
+            chunk = sock.recv(1 << 16)
+            assert chunk, "connection closed before the transfer was under way"
+            got += len(chunk)
+        victim = getattr(tunnel, side)
+
+        assert victim.stop(signal.SIGTERM) == 0
+
+        data, how = lab.recv_until_closed(sock)
+    finally:
+        sock.close()
+        sender.join(lab.WAIT)
+    assert got + len(data) < 4 * len(blob_bytes)  # it was cut, not completed
+    assert victim.events("stopped")
+    assert len(victim.access()) == 1
+
+
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass  # the connection is cut under our feet: expected
+
+
+# -- the egress refuses what is not rats-tls --------------------------------
+
+def _tls_client(lab, *, max_version=None, alpn=None) -> ssl.SSLSocket:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if max_version is not None:
+        ctx.maximum_version = max_version
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    sock = lab.connect(TUNNEL, host=lab.SERVER_ADDR)
+    try:
+        return ctx.wrap_socket(sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
+@pytest.mark.parametrize("peer", ["plaintext-http", "tls1.2", "alpn-h2", "no-alpn"])
+def test_egress_refuses_non_rats_tls_peer(lab, tunnel, peer):
+    """Whatever reaches the tunnel port without TLS 1.3 + ALPN rats-tls is
+    refused and logged; not one byte of it reaches the backend."""
+    if peer == "plaintext-http":
+        sock = lab.connect(TUNNEL, host=lab.SERVER_ADDR)
+        sock.sendall(b"IDENT\nGET / HTTP/1.1\r\nHost: backend\r\n\r\n")
+    elif peer == "tls1.2":
+        with pytest.raises(ssl.SSLError):
+            _tls_client(lab, max_version=ssl.TLSVersion.TLSv1_2, alpn=["rats-tls"])
+        sock = None
+    elif peer == "alpn-h2":
+        with pytest.raises(ssl.SSLError):
+            _tls_client(lab, alpn=["h2"])
+        sock = None
+    else:
+        sock = _tls_client(lab)  # TLS 1.3 handshake completes; the ALPN check follows it
+        assert sock.version() == "TLSv1.3" and sock.selected_alpn_protocol() is None
+        try:
+            sock.sendall(b"IDENT\n")
+        except OSError:
+            pass  # already closed by the egress: fine
+    if sock is not None:
+        try:
+            try:
+                data, how = lab.recv_until_closed(sock)
+            except (ssl.SSLError, OSError):
+                data, how = b"", "tls-error"
+        finally:
+            sock.close()
+        assert data == b"", data
+
+    entry = only_line(tunnel.egress.wait_access())
+    assert entry["outcome"] == "error", entry
+    assert entry["bytes_up"] == 0 and entry["bytes_down"] == 0, entry
+    assert tunnel.backend.reports() == []  # nothing was forwarded
+    assert tunnel.egress.alive
+    # and the tunnel still works for a real peer
+    assert lab.echo(INGRESS, b"still serving") == b"still serving"
 
 
 # -- proof of encryption -----------------------------------------------------
