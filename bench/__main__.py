@@ -81,6 +81,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--concurrency", type=int, default=connrate.DEFAULTS["concurrency"],
                     help="connrate: concurrent client connections (worker threads) of the load generator "
                          f"(default {connrate.DEFAULTS['concurrency']})")
+    ap.add_argument("--tng-nfq-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra environment for the tng-nfq processes only, repeatable (what-if "
+                         "experiments, e.g. OPENSSL_CONF=groups.cnf or MALLOC_ARENA_MAX=2); recorded in results")
+    ap.add_argument("--tng-nfq-from", metavar="GIT_REF", default=None,
+                    help="run tng-nfq (gateways and dev AA/AS) from this commit (e.g. HEAD), exported to a "
+                         "temp dir and put first on PYTHONPATH, instead of the working tree that other "
+                         "people may be editing meanwhile")
     ap.add_argument("--quick", action="store_true",
                     help="short run (about 1.5 minutes with both suites): fewer repetitions, shorter runs")
     ap.add_argument("--out", type=Path, default=None,
@@ -116,6 +123,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error("--reps must be at least 1")
     if not 1 <= args.duration <= 600:
         ap.error("--duration must be between 1 and 600 seconds")
+    args.nfq_env = {}
+    for item in args.tng_nfq_env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            ap.error(f"--tng-nfq-env wants KEY=VALUE, got {item!r}")
+        args.nfq_env[key] = value
     if not 0.5 <= args.connrate_duration <= 600:
         ap.error("--connrate-duration must be between 0.5 and 600 seconds")
     if not 1 <= args.concurrency <= 512:
@@ -189,6 +202,23 @@ def machine_info() -> dict:
         "tng_nfq_uncommitted_changes": [ln[3:] for ln in dirty],
         "loadavg_start": list(os.getloadavg()),
     }
+
+
+def export_tree(ref: str, dest: Path) -> dict:
+    """`git archive REF tng_nfq` into dest: a fixed copy of the package to run the peers from."""
+    repo = Path(__file__).resolve().parent.parent
+    rev = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", f"{ref}^{{commit}}"],
+                         capture_output=True, text=True)
+    if rev.returncode != 0:
+        raise RuntimeError(f"--tng-nfq-from {ref}: not a commit ({rev.stderr.strip()})")
+    commit = rev.stdout.strip()
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", commit, "tng_nfq"],
+                             capture_output=True)
+    if archive.returncode != 0:
+        raise RuntimeError(f"git archive {commit} failed: {archive.stderr.decode(errors='replace').strip()}")
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return {"ref": ref, "commit": commit}
 
 
 def _raise_interrupt(signum, frame):
@@ -329,6 +359,8 @@ def run(args: argparse.Namespace) -> int:
         what.append(f"connrate: {len(cr_peers)} peers x {args.reps} reps x {args.connrate_duration:g}s, "
                     f"{args.concurrency} workers")
     _say(f"bench: {'; '.join(what)} (about {estimate_seconds(args) / 60:.1f} min); output in {out}")
+    if args.nfq_env:
+        _say(f"bench: tng-nfq runs with extra environment {args.nfq_env} (an experiment, not the default)")
     if machine["loadavg_start"][0] > 0.5:
         _say(f"bench: note: load average is {machine['loadavg_start'][0]:.2f} before starting; "
              "other work on this machine skews the numbers")
@@ -351,6 +383,17 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(sig, _raise_interrupt)
     lab = Lab("bench")
     tmp = tempfile.TemporaryDirectory(prefix="tngnfq-bench-")
+    if args.tng_nfq_from:
+        try:
+            source = export_tree(args.tng_nfq_from, Path(tmp.name) / "src")
+        except RuntimeError as exc:
+            tmp.cleanup()
+            print(f"bench: {exc}", file=sys.stderr)
+            return 2
+        args.nfq_env["PYTHONPATH"] = str(Path(tmp.name) / "src")
+        machine["tng_nfq_from"] = source
+        _say(f"bench: tng-nfq runs from {args.tng_nfq_from} = {source['commit'][:12]} (exported), "
+             "not the working tree")
     t0 = time.monotonic()
     try:
         lab.__enter__()
@@ -358,7 +401,7 @@ def run(args: argparse.Namespace) -> int:
         ns_name = ns.name
         ports = Ports()
         if do_tp:
-            ctx = Context(lab=lab, workdir=Path(tmp.name), logdir=logdir, ports=ports)
+            ctx = Context(lab=lab, workdir=Path(tmp.name), logdir=logdir, ports=ports, nfq_env=args.nfq_env)
             server = IperfServer(ctx, ns, ports.take())
             server.start()
             runner = Runner(args, ns, ctx, server, samples, errors, peer_info)
@@ -372,7 +415,7 @@ def run(args: argparse.Namespace) -> int:
             crdir.mkdir(exist_ok=True)
             crwork = Path(tmp.name) / "connrate"
             crwork.mkdir(exist_ok=True)
-            cr_ctx = Context(lab=lab, workdir=crwork, logdir=crdir, ports=ports)
+            cr_ctx = Context(lab=lab, workdir=crwork, logdir=crdir, ports=ports, nfq_env=args.nfq_env)
             cr_state = connrate.run_suite(args, lab, ns, cr_ctx, cr_peers)
             timings["connrate_s"] = round(time.monotonic() - t1, 1)
     except KeyboardInterrupt:
@@ -394,7 +437,8 @@ def run(args: argparse.Namespace) -> int:
     leftover = [n for n in existing_namespaces() if n == ns_name]
     finished = dt.datetime.now(dt.timezone.utc)
     machine["loadavg_end"] = list(os.getloadavg())
-    params = {"suites": args.suites, "peers": tp_peers, "streams": args.streams, "reps": args.reps,
+    params = {"suites": args.suites, "tng_nfq_env": args.nfq_env, "peers": tp_peers, "streams": args.streams,
+              "reps": args.reps,
               "duration": args.duration, "quick": args.quick,
               "iperf3_client": "iperf3 -c 127.0.0.1 -p PORT -t DURATION -P STREAMS -J",
               "order": [f"rep{r + 1}:{p}" for r, p in plan]}

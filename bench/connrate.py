@@ -19,6 +19,7 @@ The dev AA, the dev AS and the backend are started once per suite and shared.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -105,7 +106,11 @@ class Infra:
     def _spawn(self, role: str, argv: list[str]) -> _Service:
         log = self.ctx.logdir / f"{role}.log"
         fh = open(log, "a")
-        proc = self.ctx.lab.spawn(self.ns, argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT)
+        extra = {}
+        if self.ctx.nfq_env and Path(argv[0]).name == "tng-nfq":
+            extra["env"] = {**os.environ, **self.ctx.nfq_env}
+        proc = self.ctx.lab.spawn(self.ns, argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+                                  **extra)
         svc = _Service(role, proc, log, fh)
         self.services[role] = svc
         return svc

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,8 @@ class Context:
     logdir: Path   # kept with the results
     ports: Ports
     rep: int = 0
+    # extra environment for tng-nfq processes only (what-if experiments: OPENSSL_CONF, MALLOC_*)
+    nfq_env: dict[str, str] = field(default_factory=dict)
 
 
 def venv_tool(name: str) -> str | None:
@@ -106,8 +109,13 @@ class Peer:
         fh.write(f"\n{LOG_SECTION_MARK}rep {self.ctx.rep + 1} {dt.datetime.now(dt.timezone.utc).isoformat()} "
                  f"{' '.join(argv)}\n")
         fh.flush()
+        extra = {}
+        if self.ctx.nfq_env and Path(argv[0]).name == "tng-nfq":
+            extra["env"] = {**os.environ, **self.ctx.nfq_env}
+            fh.write(f"extra environment: {self.ctx.nfq_env}\n")
+            fh.flush()
         proc = self.ctx.lab.spawn(self.ns, argv, stdin=subprocess.DEVNULL, stdout=fh,
-                                  stderr=subprocess.STDOUT)
+                                  stderr=subprocess.STDOUT, **extra)
         entry = _Proc(role, proc, log, fh)
         self.procs.append(entry)
         self.commands[role] = list(argv)
