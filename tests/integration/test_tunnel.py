@@ -113,6 +113,32 @@ def test_full_duplex_echo_10mb(lab, tunnel, blob_bytes):
     assert entry["bytes_down"] == len(blob_bytes)
 
 
+def test_many_concurrent_connections(lab, tunnel):
+    """40 connections at once, each echoing its own random data."""
+    payloads = [os.urandom(200_000 + i) for i in range(40)]
+    results: dict[int, object] = {}
+
+    def one(i: int) -> None:
+        try:
+            results[i] = lab.echo(INGRESS, payloads[i])
+        except Exception as exc:  # reported below, per connection
+            results[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(payloads))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(lab.WAIT * 2)
+
+    assert len(results) == len(payloads)
+    bad = {i: r for i, r in results.items() if r != payloads[i]}
+    assert not bad, {i: (r if isinstance(r, Exception) else f"{len(r)} bytes") for i, r in bad.items()}
+    for gw in (tunnel.ingress, tunnel.egress):
+        lines = gw.wait_access(len(payloads))
+        assert all(e["outcome"] == "ok" for e in lines), [e for e in lines if e["outcome"] != "ok"]
+        assert sorted(e["bytes_down"] for e in lines) == sorted(len(p) for p in payloads)
+
+
 # -- half-close --------------------------------------------------------------
 
 def test_half_close_client_fin_then_server_reply(lab, tunnel):
