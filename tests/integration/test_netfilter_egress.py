@@ -207,7 +207,9 @@ def test_sigkill_leftovers_are_swept_by_the_next_start_then_rules_flush(lab, ser
     assert [e["event"] for e in second.events()].count("removed leftovers of an earlier tng-nfq "
                                                         "in this network namespace") == 1
     # exactly one set of rules: nothing duplicated by the sweep-then-install
-    assert our_rules(lab.server).count("-A PREROUTING -p tcp -j TNGNFQ_PREROUTING") == 1
+    for table in ("raw", "mangle", "nat"):
+        saved = lab.server.run(["iptables-save", "-t", table]).stdout.splitlines()
+        assert saved.count("-A PREROUTING -p tcp -j TNGNFQ_PREROUTING") == 1, (table, saved)
 
     second.stop(signal.SIGKILL)
     flushed = lab.server.run([sys.executable, "-m", "tng_nfq.cli", "rules", "flush"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -26,12 +27,13 @@ def run(*args: str):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
-def test_show_config_content_prints_exact_install_text():
+def test_show_config_content_prints_exact_install_text(monkeypatch):
+    monkeypatch.setenv("TNG_NFQ_QUEUES", "0")  # no classifier: the nat steering alone
     result = run("rules", "show", "--config-content", json.dumps(EGRESS))
 
     assert result.exit_code == 0, result.output
     assert result.stdout == (
-        "# add_egress[0]: egress netfilter, listen_port 41234, so_mark 565, steering redirect\n"
+        "# add_egress[0]: egress netfilter, listen_port 41234, so_mark 565, steering redirect, no classifier\n"
         "# install (iptables-restore --noflush)\n"
         "*nat\n"
         ":TNGNFQ_PREROUTING - [0:0]\n"
@@ -41,6 +43,18 @@ def test_show_config_content_prints_exact_install_text():
         "-A TNGNFQ_EGRESS0 -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 30001 -j REDIRECT --to-ports 41234\n"
         "-I PREROUTING 1 -p tcp -j TNGNFQ_PREROUTING\n"
         "COMMIT\n")
+
+
+def test_show_uses_one_classifier_queue_per_cpu_unless_told(monkeypatch):
+    monkeypatch.setenv("TNG_NFQ_QUEUES", "1")
+    one = run("rules", "show", "--config-content", json.dumps(EGRESS)).stdout
+    monkeypatch.delenv("TNG_NFQ_QUEUES")
+    default = run("rules", "show", "--config-content", json.dumps(EGRESS)).stdout
+
+    assert "-j NFQUEUE --queue-num 5650 --queue-bypass" in one
+    n = os.cpu_count() or 1
+    target = "--queue-num 5650" if n == 1 else f"--queue-balance 5650:{5650 + n - 1}"
+    assert f"-j NFQUEUE {target} --queue-bypass" in default
 
 
 def test_show_removal():

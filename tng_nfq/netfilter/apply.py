@@ -13,7 +13,7 @@ from __future__ import annotations
 import structlog
 
 from tng_nfq.netfilter import routing
-from tng_nfq.netfilter.iptables import Iptables, IptablesError
+from tng_nfq.netfilter.iptables import Iptables, IptablesError, marker_text
 from tng_nfq.netfilter.lock import AlreadyRunning, NamespaceLock
 from tng_nfq.netfilter.plan import RulePlan
 
@@ -25,11 +25,15 @@ class ApplyError(RuntimeError):
 
 
 class NetfilterRules:
+    """The kernel side of one plan, and the classifier workers serving its queues."""
+
     def __init__(self, plan: RulePlan, iptables: Iptables | None = None):
         self.plan = plan
         self.iptables = iptables
         self.lock = NamespaceLock()
         self.installed = False
+        self.classifier = None  # ClassifierPool once started
+        self.new_tables: list[str] = []  # tables that did not exist before us
 
     def install(self) -> None:
         if self.plan.empty:
@@ -43,11 +47,13 @@ class NetfilterRules:
                 self.iptables = Iptables.detect()
             stale = self.iptables.sweep()
             stale_routes = routing.sweep()
+            existing = self.iptables.state()  # after the sweep, which may drop a crashed run's tables
+            self.new_tables = [t for t in self.plan.tables() if t not in existing]
             if stale or stale_routes:
                 log.warning("removed leftovers of an earlier tng-nfq in this network namespace",
                             iptables=stale.splitlines(), routing=stale_routes)
             self.installed = True  # from here on, remove() has something to undo
-            self.iptables.apply(self.plan.install_text())
+            self.iptables.apply(marker_text(self.new_tables) + self.plan.install_text())
             routing.install(self.plan.policy_routes)
         except (IptablesError, routing.RoutingError, OSError) as exc:
             self.remove()
@@ -55,7 +61,19 @@ class NetfilterRules:
         log.info("netfilter rules installed", backend=self.iptables.backend,
                  endpoints=[e.path for e in self.plan.endpoints],
                  chains={t: self.plan.chains(t) for t in self.plan.tables()},
-                 policy_routing=self.plan.routing_commands())
+                 policy_routing=self.plan.routing_commands(), queues=list(self.plan.queue_nums))
+        if self.plan.queue_nums:
+            # After the rules: until a worker binds, its queue is bypassed and
+            # the steering rules capture on their own.
+            from tng_nfq.netfilter.workers import ClassifierPool
+
+            self.classifier = ClassifierPool(self.plan)
+            self.classifier.start()
+
+    def status(self) -> dict:
+        """For the admin API: what is installed and how the classifier fares."""
+        return {"installed": self.installed, "chains": {t: self.plan.chains(t) for t in self.plan.tables()},
+                "classifier": self.classifier.status() if self.classifier is not None else None}
 
     def remove(self) -> None:
         """Remove everything install() put in; safe to call more than once."""
@@ -69,7 +87,9 @@ class NetfilterRules:
             except IptablesError as exc:
                 # not exactly as installed any more: remove by prefix instead
                 log.warning("exact rule removal failed; sweeping by prefix", error=str(exc))
-                self.iptables.sweep()
+            # whatever is left (the table markers, or everything after a
+            # failed exact removal), and the tables we made if empty now
+            self.iptables.sweep()
             if self.plan.policy_routes:
                 routing.sweep()
             log.info("netfilter rules removed")
@@ -78,6 +98,9 @@ class NetfilterRules:
                       "flush`) removes them", error=str(exc))
         finally:
             self.installed = False
+            if self.classifier is not None:  # after the rules: nothing is queued any more
+                self.classifier.stop()
+                self.classifier = None
             self.lock.release()
 
 
@@ -107,6 +130,8 @@ def rules_for(config, endpoints) -> NetfilterRules | None:
     ports its netfilter endpoints actually bound. None without netfilter endpoints."""
     from tng_nfq.netfilter.plan import build_plan
 
+    from tng_nfq.netfilter.workers import default_queue_count
+
     ports = {e.path: e.listen_port for e in endpoints if getattr(e, "mode", None) == "netfilter"}
-    plan = build_plan(config, ports)
+    plan = build_plan(config, ports, queues=default_queue_count())
     return None if plan.empty else NetfilterRules(plan)

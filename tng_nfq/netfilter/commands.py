@@ -25,8 +25,10 @@ def port_is_free(port: int, host: str = "0.0.0.0") -> bool:
 
 def show_plan(config: Config) -> RulePlan:
     """The plan, with listen ports resolved the way a start here and now would."""
+    from tng_nfq.netfilter.workers import default_queue_count
+
     ports = resolve_listen_ports(config, port_is_free)
-    plan = build_plan(config, ports)
+    plan = build_plan(config, ports, queues=default_queue_count())
     auto = [s.path for s in [*config.ingress, *config.egress]
             if isinstance(s.mode, (NetfilterIngress, NetfilterEgress)) and s.mode.listen_port is None]
     notes = tuple(f"{path}: no listen_port configured; a start now would take {ports[path]} "

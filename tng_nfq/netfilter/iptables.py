@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 
 from tng_nfq.netfilter.plan import CHAIN_PREFIX
 
+# An empty chain we declare in a table that did not exist before us: it
+# survives a crash, so whoever sweeps later knows the (then empty) table can
+# be deleted to leave the namespace as it was (nft backend).
+TABLE_MARKER = f"{CHAIN_PREFIX}MADE_TABLE"
 BACKEND_ENV = "TNG_NFQ_IPTABLES"  # "nft" | "legacy": override the detection
 BUILTIN_CHAINS = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
 RESTORE_TIMEOUT = 30.0
@@ -40,6 +44,12 @@ def backend_from_version(text: str) -> str:
 class TableState:
     chains: list[str] = field(default_factory=list)  # user-defined chains, in save order
     rules: list[tuple[str, str]] = field(default_factory=list)  # (chain, spec) in save order
+    policies: dict[str, str] = field(default_factory=dict)  # built-in chain -> policy
+
+    @property
+    def pristine(self) -> bool:
+        """Nothing in it: no rule, no user chain, every policy ACCEPT."""
+        return not self.chains and not self.rules and all(p == "ACCEPT" for p in self.policies.values())
 
 
 def parse_save(text: str) -> dict[str, TableState]:
@@ -57,8 +67,10 @@ def parse_save(text: str) -> dict[str, TableState]:
         elif current is None:
             continue
         elif line.startswith(":"):
-            name = line[1:].split()[0]
-            if name not in BUILTIN_CHAINS:
+            name, policy = (line[1:].split() + ["-"])[:2]
+            if name in BUILTIN_CHAINS:
+                current.policies[name] = policy
+            else:
                 current.chains.append(name)
         elif line.startswith("-A "):
             _, chain, *rest = line.split(" ", 2)
@@ -154,8 +166,33 @@ class Iptables:
     def state(self) -> dict[str, TableState]:
         return parse_save(self.dump())
 
+    def drop_tables_if_pristine(self, names: list[str]) -> list[str]:
+        """nft backend only: delete tables (that we caused to exist) when nothing
+        is left in them, so the namespace looks exactly as before. Legacy
+        tables cannot be unloaded; they stay, empty."""
+        nft = shutil.which("nft")
+        if self.backend != "nft" or nft is None or not names:
+            return []
+        state = self.state()
+        dropped = []
+        for name in names:
+            if name in state and state[name].pristine:
+                proc = subprocess.run([nft, "delete", "table", "ip", name], capture_output=True, text=True,
+                                      timeout=RESTORE_TIMEOUT)
+                if proc.returncode == 0:
+                    dropped.append(name)
+        return dropped
+
     def sweep(self) -> str:
-        """Remove every rule and chain of ours; returns what was run (empty: nothing found)."""
-        text = sweep_text(self.state())
+        """Remove every rule and chain of ours, then the tables we made if they
+        are empty now; returns what was run (empty: nothing found)."""
+        state = self.state()
+        text = sweep_text(state)
         self.apply(text)
+        self.drop_tables_if_pristine([t for t, st in state.items() if TABLE_MARKER in st.chains])
         return text
+
+
+def marker_text(tables: list[str]) -> str:
+    """Declares TABLE_MARKER in each of `tables` (which creates them)."""
+    return "".join(f"*{t}\n:{TABLE_MARKER} - [0:0]\nCOMMIT\n" for t in tables)

@@ -53,6 +53,15 @@ TPROXY_MARK = 0x02000000
 TPROXY_MASK = 0x02000000
 ROUTE_TABLE = 5650
 RULE_PRIORITY = 5650
+# The NFQUEUE classifier: queues QUEUE_BASE.. (one per worker), its verdict
+# sets DECIDED_MARK plus the endpoint's tag (1-based position in the plan)
+# in TAG_MASK; mangle saves both into the connection's conntrack mark.
+QUEUE_BASE = 5650
+MAX_QUEUES = 64
+DECIDED_MARK = 0x01000000
+TAG_MASK = 0x00FF0000
+TAG_SHIFT = 16
+CLASSIFIER_MASK = DECIDED_MARK | TAG_MASK
 FIRST_AUTO_PORT = 40000
 LAST_PORT = 65535
 
@@ -132,7 +141,9 @@ class EndpointPlan:
     chains: tuple[tuple[str, str], ...]  # (table, chain) owned by this endpoint
     rules: tuple[Rule, ...]
     steering: tuple[str, ...]  # e.g. ("redirect",) or ("redirect", "tproxy")
-    queue_nums: tuple[int, ...] = ()  # NFQUEUE numbers (none yet)
+    queue_nums: tuple[int, ...] = ()  # NFQUEUE numbers of the classifier (empty: none)
+    # what the classifier matches to name this endpoint: (built-in chain, host, port)
+    matches: tuple[tuple[str, str | None, int | None], ...] = ()
 
     @property
     def transparent(self) -> bool:
@@ -151,6 +162,16 @@ class RulePlan:
     @property
     def empty(self) -> bool:
         return not self.endpoints
+
+    @property
+    def queue_nums(self) -> tuple[int, ...]:
+        return tuple(sorted({q for e in self.endpoints for q in e.queue_nums}))
+
+    def classifier_spec(self) -> list[dict]:
+        """What a classifier worker needs: per endpoint its tag and matches (JSON-able)."""
+        return [{"path": e.path, "direction": e.direction, "tag": i + 1,
+                 "matches": [list(m) for m in e.matches]}
+                for i, e in enumerate(self.endpoints)]
 
     def tables(self) -> list[str]:
         used = {j.table for j in self.jumps} | {t for e in self.endpoints for t, _ in e.chains}
@@ -206,8 +227,10 @@ class RulePlan:
             out.append("# no netfilter endpoint in this configuration: no rules\n")
             return "".join(out)
         for e in self.endpoints:
+            queues = (f", classifier queues {e.queue_nums[0]}..{e.queue_nums[-1]}" if e.queue_nums
+                      else ", no classifier")
             out.append(f"# {e.path}: {e.direction} netfilter, listen_port {e.listen_port}, "
-                       f"so_mark {e.so_mark}, steering {'+'.join(e.steering)}\n")
+                       f"so_mark {e.so_mark}, steering {'+'.join(e.steering)}{queues}\n")
         if removal:
             out.append("# removal (iptables-restore --noflush)\n")
             out.append(self.remove_text())
@@ -304,79 +327,131 @@ def _dst(host: str | None) -> str:
     return f"-d {host if '/' in host else host + '/32'} "
 
 
-def _mark_return(table: str, chain: str, so_mark: int) -> Rule:
-    return Rule(table, chain, f"-m mark --mark {so_mark:#x} -j RETURN")
+SYN_ONLY = "--tcp-flags FIN,SYN,RST,ACK SYN"
 
 
-def _egress(path: str, index: int, mode: NetfilterEgress, port: int) -> tuple[EndpointPlan, list[Rule]]:
-    chain = f"{CHAIN_PREFIX}EGRESS{index}"
+@dataclass(frozen=True)
+class _Capture:
+    """What one capture rule matches (the same for steering and queueing)."""
+
+    host: str | None = None
+    port: int | None = None
+    local_dst: bool = False
+    cgroup: str | None = None  # already quoted
+
+    def spec(self, target: str, syn: bool = False) -> str:
+        s = _dst(self.host) + "-p tcp "
+        if self.local_dst:
+            s += "-m addrtype --dst-type LOCAL "
+        if self.port is not None or syn:
+            s += "-m tcp "
+            if self.port is not None:
+                s += f"--dport {self.port} "
+            if syn:
+                s += SYN_ONLY + " "
+        if self.cgroup is not None:
+            s += f"-m cgroup --path {self.cgroup} "
+        return s + target
+
+
+@dataclass(frozen=True)
+class _Steering:
+    """One endpoint chain: early RETURNs, capture rules, and where it is hooked."""
+
+    table: str  # nat (REDIRECT) or mangle (TPROXY)
+    chain: str
+    returns: tuple[str, ...]  # specs of the RETURN rules, in order
+    captures: tuple[_Capture, ...]
+    target: str
+    hooks: tuple[tuple[str, str], ...]  # (built-in chain, condition before "-j")
+
+    def rules(self) -> list[Rule]:
+        out = [Rule(self.table, self.chain, spec) for spec in self.returns]
+        return out + [Rule(self.table, self.chain, c.spec(self.target)) for c in self.captures]
+
+    def queue_rules(self, target: str) -> list[Rule]:
+        """The same matches in the raw table, first packet only, into NFQUEUE."""
+        out = [Rule("raw", self.chain, spec) for spec in self.returns]
+        return out + [Rule("raw", self.chain, c.spec(target, syn=True)) for c in self.captures]
+
+    def dispatch(self, table: str) -> list[Rule]:
+        return [Rule(table, f"{CHAIN_PREFIX}{builtin}", f"{cond}-j {self.chain}") for builtin, cond in self.hooks]
+
+
+def _queue_target(queues: int) -> str:
+    if queues == 1:
+        return f"-j NFQUEUE --queue-num {QUEUE_BASE} --queue-bypass"
+    return f"-j NFQUEUE --queue-balance {QUEUE_BASE}:{QUEUE_BASE + queues - 1} --queue-bypass"
+
+
+def _mark_return(so_mark: int) -> str:
+    return f"-m mark --mark {so_mark:#x} -j RETURN"
+
+
+def _egress_steering(index: int, mode: NetfilterEgress, port: int) -> list[_Steering]:
     d = mode.capture_dst
-    rules = [
-        _mark_return("nat", chain, mode.so_mark),
-        # --dst-type LOCAL always, also with a host: a host given as a CIDR
-        # must not turn into capturing forwarded traffic.
-        Rule("nat", chain, f"{_dst(d.host)}-p tcp -m addrtype --dst-type LOCAL -m tcp --dport {d.port} "
-                           f"-j REDIRECT --to-ports {port}"),
-    ]
     if mode.capture_local_traffic:
-        dispatch = [Rule("nat", f"{CHAIN_PREFIX}PREROUTING", f"-j {chain}"),
-                    Rule("nat", f"{CHAIN_PREFIX}OUTPUT", f"-j {chain}")]
+        hooks = (("PREROUTING", ""), ("OUTPUT", ""))
     else:
         # nat OUTPUT is not hooked at all; a packet arriving from outside
         # with one of our own addresses as source is skipped too.
-        dispatch = [Rule("nat", f"{CHAIN_PREFIX}PREROUTING", f"-m addrtype ! --src-type LOCAL -j {chain}")]
-    plan = EndpointPlan(path=path, direction="egress", listen_port=port, so_mark=mode.so_mark,
-                        chains=(("nat", chain),), rules=tuple(rules), steering=("redirect",))
-    return plan, dispatch
+        hooks = (("PREROUTING", "-m addrtype ! --src-type LOCAL "),)
+    # --dst-type LOCAL always, also with a host: a host given as a CIDR must
+    # not turn into capturing forwarded traffic.
+    return [_Steering("nat", f"{CHAIN_PREFIX}EGRESS{index}", (_mark_return(mode.so_mark),),
+                      (_Capture(d.host, d.port, local_dst=True),), f"-j REDIRECT --to-ports {port}", hooks)]
 
 
-def _ingress(path: str, index: int, mode: NetfilterIngress, port: int) -> tuple[EndpointPlan, list[Rule]]:
+def _ingress_steering(path: str, index: int, mode: NetfilterIngress, port: int) -> list[_Steering]:
     base = f"{path}.netfilter"
-    chain = f"{CHAIN_PREFIX}INGRESS{index}"
-    rules = [_mark_return("nat", chain, mode.so_mark)]
-    for i, cg in enumerate(mode.nocapture_cgroup):
-        if cg in mode.nocapture_cgroup[:i]:
-            continue
-        rules.append(Rule("nat", chain, f"-m cgroup --path {_cgroup_arg(cg, f'{base}.nocapture_cgroup[{i}]')} "
-                                        f"-j RETURN"))
-    dsts = mode.capture_dst or (None,)
+    returns = [_mark_return(mode.so_mark)]
+    nocapture = [_cgroup_arg(cg, f"{base}.nocapture_cgroup[{i}]") for i, cg in enumerate(mode.nocapture_cgroup)]
+    returns += [f"-m cgroup --path {cg} -j RETURN" for cg in dict.fromkeys(nocapture)]
     cgroups: list[str | None] = list(dict.fromkeys(
         _cgroup_arg(cg, f"{base}.capture_cgroup[{i}]") for i, cg in enumerate(mode.capture_cgroup))) or [None]
-    for d in dsts:
-        for cg in cgroups:
-            spec = _dst(d.host if d else None) + "-p tcp "
-            if d is not None and d.port is not None:
-                spec += f"-m tcp --dport {d.port} "
-            if cg is not None:
-                spec += f"-m cgroup --path {cg} "
-            rules.append(Rule("nat", chain, spec + f"-j REDIRECT --to-ports {port}"))
-    chains = [("nat", chain)]
-    dispatch = [Rule("nat", f"{CHAIN_PREFIX}OUTPUT", f"-j {chain}")]
-    steering = ["redirect"]
+    captures = [_Capture(d.host if d else None, d.port if d else None, cgroup=cg)
+                for d in (mode.capture_dst or (None,)) for cg in cgroups]
+    out = [_Steering("nat", f"{CHAIN_PREFIX}INGRESS{index}", tuple(returns), tuple(captures),
+                     f"-j REDIRECT --to-ports {port}", (("OUTPUT", ""),))]
     if not mode.capture_cgroup:
         # Gateway role: forwarded packets (not from and not to this host).
-        gw = f"{CHAIN_PREFIX}INGRESS{index}_GW"
-        chains.append(("mangle", gw))
-        rules.append(_mark_return("mangle", gw, mode.so_mark))
-        for d in mode.capture_dst:
-            spec = _dst(d.host) + "-p tcp "
-            if d.port is not None:
-                spec += f"-m tcp --dport {d.port} "
-            rules.append(Rule("mangle", gw, spec + f"-j TPROXY --on-port {port} --on-ip 0.0.0.0 "
-                                                   f"--tproxy-mark {TPROXY_MARK:#x}/{TPROXY_MASK:#x}"))
-        dispatch.append(Rule("mangle", f"{CHAIN_PREFIX}PREROUTING",
-                             f"-m addrtype ! --src-type LOCAL ! --dst-type LOCAL -j {gw}"))
-        steering.append("tproxy")
-    plan = EndpointPlan(path=path, direction="ingress", listen_port=port, so_mark=mode.so_mark,
-                        chains=tuple(chains), rules=tuple(rules), steering=tuple(steering))
-    return plan, dispatch
+        out.append(_Steering(
+            "mangle", f"{CHAIN_PREFIX}INGRESS{index}_GW", (_mark_return(mode.so_mark),),
+            tuple(_Capture(d.host, d.port) for d in mode.capture_dst),
+            f"-j TPROXY --on-port {port} --on-ip 0.0.0.0 --tproxy-mark {TPROXY_MARK:#x}/{TPROXY_MASK:#x}",
+            (("PREROUTING", "-m addrtype ! --src-type LOCAL ! --dst-type LOCAL "),)))
+    return out
 
 
-def build_plan(config: Config, listen_ports: Mapping[str, int]) -> RulePlan:
+def _endpoint(path: str, direction: str, mode, port: int, steerings: list[_Steering],
+              queues: int) -> tuple[EndpointPlan, list[Rule], list[Rule]]:
+    """The endpoint's plan, its steering dispatch rules, its queue dispatch rules."""
+    chains = [(s.table, s.chain) for s in steerings]
+    rules = [r for s in steerings for r in s.rules()]
+    dispatch = [r for s in steerings for r in s.dispatch(s.table)]
+    queue_dispatch: list[Rule] = []
+    if queues:
+        target = _queue_target(queues)
+        chains += [("raw", s.chain) for s in steerings]
+        rules += [r for s in steerings for r in s.queue_rules(target)]
+        queue_dispatch = [r for s in steerings for r in s.dispatch("raw")]
+    steering = tuple("tproxy" if s.table == "mangle" else "redirect" for s in steerings)
+    matches = tuple((builtin, c.host, c.port) for s in steerings for builtin, _ in s.hooks for c in s.captures)
+    plan = EndpointPlan(path=path, direction=direction, listen_port=port, so_mark=mode.so_mark,
+                        chains=tuple(chains), rules=tuple(rules), steering=steering,
+                        queue_nums=tuple(range(QUEUE_BASE, QUEUE_BASE + queues)), matches=matches)
+    return plan, dispatch, queue_dispatch
+
+
+def build_plan(config: Config, listen_ports: Mapping[str, int], queues: int = 0) -> RulePlan:
     """The rules for `config`, given the listen port of every netfilter endpoint
-    (configured or chosen at start, see resolve_listen_ports)."""
+    (configured or chosen at start, see resolve_listen_ports) and the number of
+    classifier queues (0: no NFQUEUE classifier)."""
+    if not 0 <= queues <= MAX_QUEUES:
+        raise PlanError("queues", f"must be 0..{MAX_QUEUES}, not {queues}")
     endpoints: list[EndpointPlan] = []
     dispatch: list[Rule] = []
+    queue_dispatch: list[Rule] = []
 
     def port_of(path: str, configured: int | None) -> int:
         port = listen_ports.get(path, configured)
@@ -386,14 +461,33 @@ def build_plan(config: Config, listen_ports: Mapping[str, int]) -> RulePlan:
 
     for spec in config.ingress:
         if isinstance(spec.mode, NetfilterIngress):
-            ep, d = _ingress(spec.path, spec.index, spec.mode, port_of(spec.path, spec.mode.listen_port))
+            port = port_of(spec.path, spec.mode.listen_port)
+            ep, d, q = _endpoint(spec.path, "ingress", spec.mode, port,
+                                 _ingress_steering(spec.path, spec.index, spec.mode, port), queues)
             endpoints.append(ep)
             dispatch += d
+            queue_dispatch += q
     for spec in config.egress:
         if isinstance(spec.mode, NetfilterEgress):
-            ep, d = _egress(spec.path, spec.index, spec.mode, port_of(spec.path, spec.mode.listen_port))
+            port = port_of(spec.path, spec.mode.listen_port)
+            ep, d, q = _endpoint(spec.path, "egress", spec.mode, port,
+                                 _egress_steering(spec.index, spec.mode, port), queues)
             endpoints.append(ep)
             dispatch += d
+            queue_dispatch += q
+
+    # Queue dispatchers skip what the classifier already decided (its verdict
+    # is `repeat`, which re-runs the raw chain with the new mark); mangle saves
+    # the decision in conntrack so it lives on for the whole flow.
+    heads: list[Rule] = []
+    for builtin in ("PREROUTING", "OUTPUT"):
+        if any(r.chain == f"{CHAIN_PREFIX}{builtin}" for r in queue_dispatch):
+            heads.append(Rule("raw", f"{CHAIN_PREFIX}{builtin}",
+                              f"-m mark --mark {DECIDED_MARK:#x}/{DECIDED_MARK:#x} -j RETURN"))
+            heads.append(Rule("mangle", f"{CHAIN_PREFIX}{builtin}",
+                              f"-m mark --mark {DECIDED_MARK:#x}/{DECIDED_MARK:#x} -j CONNMARK --save-mark "
+                              f"--nfmask {CLASSIFIER_MASK:#x} --ctmask {CLASSIFIER_MASK:#x}"))
+    dispatch = heads + queue_dispatch + dispatch
 
     jumps: list[Jump] = []
     for table in TABLE_ORDER:
