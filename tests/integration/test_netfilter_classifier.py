@@ -159,3 +159,26 @@ def test_full_queue_fails_open_into_the_tunnel(lab, server, body, tmp_path, monk
         os.kill(pid, signal.SIGCONT)
     assert stuck.wait(timeout=40) == 0
     assert stop_summary(ingress)["restarts"] == {"5650": 0}
+
+
+def test_workers_die_with_a_killed_daemon_and_the_next_start_binds_every_queue(lab, server):
+    first = lab.start_nfq(lab.client, ingress_config(), "first")
+    pids = classifier_started(first)["pids"]
+    os.kill(first.proc.pid, signal.SIGKILL)  # the daemon alone, not its process group
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        # a zombie is gone too (its parent is dead; init reaps it)
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1].startswith("Z")
+
+    lab.poll_until(lambda: all(gone(pid) for pid in pids), "workers exit with their daemon")
+    second = lab.start_nfq(lab.client, ingress_config(), "second")
+    started = classifier_started(second)
+    assert set(started["fail_open_ack"].values()) == {0}
+    assert len(started["pids"]) == len(pids)
+    assert curl_app(lab).returncode == 0
+    assert stop_summary(second)["flows_classified"] >= 1

@@ -261,3 +261,18 @@ def test_our_netfilter_ingress_to_upstream_tng_egress(lab, site, tmp_path):
     report = analyze_pcap(pcap, APP)
     assert report.flows and report.all_tls
     assert ingress.wait_access()[0]["outcome"] == "ok"
+
+
+def test_failed_install_leaves_nothing_and_says_why(lab):
+    prime_tables(lab.client)
+    before = kernel_state(lab.client)
+
+    gw = lab.start_nfq(lab.client, ingress_config(capture_cgroup="/tngnfq-no-such-group"), "bad",
+                       wait_ready=False)
+
+    assert gw.proc.wait(timeout=lab.WAIT) == 1
+    error = [l for l in gw.log_text().splitlines() if l.startswith("tng-nfq: error:")]
+    assert len(error) == 1 and "cannot install netfilter rules" in error[0], gw.log_text()
+    assert "capture_cgroup/nocapture_cgroup path" in error[0]
+    assert kernel_state(lab.client) == before
+    assert lab.client.run(["ss", "-Htln"]).stdout.strip() == ""  # no listener left either

@@ -56,8 +56,12 @@ class NetfilterRules:
             self.iptables.apply(marker_text(self.new_tables) + self.plan.install_text())
             routing.install(self.plan.policy_routes)
         except (IptablesError, routing.RoutingError, OSError) as exc:
-            self.remove()
-            raise ApplyError(f"cannot install netfilter rules: {exc}") from None
+            self.remove(exact=False)  # the transaction may not have gone in: sweep
+            hint = ""
+            if "Invalid argument" in str(exc) and "--path" in self.plan.install_text():
+                hint = (" (a capture_cgroup/nocapture_cgroup path that is not an existing cgroup v2 "
+                        "group, relative to the cgroup2 mount, gives this error)")
+            raise ApplyError(f"cannot install netfilter rules: {exc}{hint}") from None
         log.info("netfilter rules installed", backend=self.iptables.backend,
                  endpoints=[e.path for e in self.plan.endpoints],
                  chains={t: self.plan.chains(t) for t in self.plan.tables()},
@@ -75,7 +79,7 @@ class NetfilterRules:
         return {"installed": self.installed, "chains": {t: self.plan.chains(t) for t in self.plan.tables()},
                 "classifier": self.classifier.status() if self.classifier is not None else None}
 
-    def remove(self) -> None:
+    def remove(self, exact: bool = True) -> None:
         """Remove everything install() put in; safe to call more than once."""
         if not self.installed:
             self.lock.release()
@@ -83,7 +87,8 @@ class NetfilterRules:
         try:
             assert self.iptables is not None
             try:
-                self.iptables.apply(self.plan.remove_text())
+                if exact:
+                    self.iptables.apply(self.plan.remove_text())
             except IptablesError as exc:
                 # not exactly as installed any more: remove by prefix instead
                 log.warning("exact rule removal failed; sweeping by prefix", error=str(exc))
