@@ -164,7 +164,9 @@ class Daemon:
                 signal.signal(sig, handler)
             raise
         try:
-            while not self._stop.wait(3600):
+            # Short waits: a signal the kernel hands to another thread only
+            # sets a flag that the main thread sees when it next runs Python.
+            while not self._stop.wait(0.25):
                 pass
             log.info("stopping", reason="signal")
         finally:

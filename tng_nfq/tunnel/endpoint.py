@@ -122,6 +122,8 @@ class Endpoint(abc.ABC):
                 pass
         deadline = time.monotonic() + grace
         for thread in handlers:
+            if thread.ident is None:  # registered, not started yet: it will find its socket shut
+                continue
             thread.join(max(0.0, deadline - time.monotonic()))
 
     # -- per connection -------------------------------------------------------
