@@ -77,17 +77,23 @@ def handshake_buffers(n: int) -> None:
         del a, b
 
 
-def _tls_pair():
+def _tls_pair(groups: bytes | None = None):
     from OpenSSL import SSL
+    from OpenSSL._util import lib
 
     from tng_nfq.tunnel.tls import client_context, no_ra_identity, server_context
 
-    return client_context(None), server_context(no_ra_identity(), request_client_cert=False), SSL
+    cctx, sctx = client_context(None), server_context(no_ra_identity(), request_client_cert=False)
+    if groups:  # what-if: a key exchange other than OpenSSL's default (X25519MLKEM768 first)
+        for ctx in (cctx, sctx):
+            if lib.SSL_CTX_set1_curves_list(ctx._context, groups) != 1:
+                raise RuntimeError(f"groups {groups!r} refused")
+    return cctx, sctx, SSL
 
 
-def tls_handshake_memory(n: int) -> None:
+def tls_handshake_memory(n: int, groups: bytes | None = None) -> None:
     """One full TLS 1.3 handshake, client and server in this process over memory BIOs (no sockets)."""
-    cctx, sctx, SSL = _tls_pair()
+    cctx, sctx, SSL = _tls_pair(groups)
     for _ in range(n):
         c, s = SSL.Connection(cctx, None), SSL.Connection(sctx, None)
         c.set_connect_state()
@@ -110,6 +116,11 @@ def tls_handshake_memory(n: int) -> None:
                 break
 
 
+def tls_handshake_x25519(n: int) -> None:
+    """The same handshake with the key exchange limited to X25519 (what upstream's peers negotiate)."""
+    tls_handshake_memory(n, groups=b"X25519")
+
+
 def peer_cert_der(n: int) -> None:
     """What check_peer does on a verdict-cache hit: peer cert -> cryptography -> DER -> sha256."""
     import hashlib
@@ -128,15 +139,12 @@ def peer_cert_der(n: int) -> None:
 
 def access_log_line(n: int) -> None:
     """One access-log line through tng_nfq's structlog setup (JSON), written to a buffer."""
-    import structlog
-
     from tng_nfq.logs import configure
     from tng_nfq.tunnel.endpoint import Endpoint
     from tng_nfq.tunnel.relay import ConnectionStats
 
     buf = io.StringIO()
     configure(fmt="json", stream=buf)
-    structlog.reset_defaults
     stats = ConnectionStats(endpoint="add_ingress[0]", mode="mapping", downstream="127.0.0.1:40000",
                             listener="127.0.0.1:20001", upstream="127.0.0.1:20002")
     for _ in range(n):
@@ -166,6 +174,7 @@ STEPS = [
     ("relay buffers in a fresh thread (thread + buffers)", relay_buffers_in_fresh_threads, 1),
     ("TlsChannel scratch buffers (~80 KB)", handshake_buffers, 1),
     ("TLS 1.3 full handshake, client+server, memory BIOs (OpenSSL + pyOpenSSL)", tls_handshake_memory, 0.25),
+    ("  same, key exchange X25519 only (upstream pairs use x25519)", tls_handshake_x25519, 0.25),
     ("verdict-cache hit path: peer cert -> cryptography -> DER -> sha256", peer_cert_der, 1),
     ("access log line (structlog JSON)", access_log_line, 1),
     ("loopback TCP connect+accept+close (socket module + kernel)", tcp_connect_accept_close, 1),

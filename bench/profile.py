@@ -295,6 +295,8 @@ def main(argv=None) -> int:
                     help="flame graphs with native frames (OpenSSL, libc); pauses the process per sample")
     ap.add_argument("--perf", action="store_true",
                     help="also `perf record -a -g` the window and classify native samples per end")
+    ap.add_argument("--tng-nfq-from", metavar="GIT_REF", default=None,
+                    help="run tng-nfq from this commit instead of the working tree (as python -m bench)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
@@ -315,6 +317,11 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="tngnfq-prof-") as tmp, Lab("prof") as lab:
         ns = lab.add("solo")
         ctx = Context(lab=lab, workdir=Path(tmp), logdir=out / "logs", ports=Ports())
+        if args.tng_nfq_from:
+            from .__main__ import export_tree
+
+            report["tng_nfq_from"] = export_tree(args.tng_nfq_from, Path(tmp) / "src")
+            ctx.nfq_env["PYTHONPATH"] = str(Path(tmp) / "src")
         infra = server = None
         if args.load == "connrate":
             infra = connrate.Infra(ctx, ns, need_attestation=args.ra == "attest")
