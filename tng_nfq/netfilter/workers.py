@@ -173,7 +173,7 @@ class ClassifierPool:
             now = time.monotonic()
             for worker in self.workers:
                 proc = worker.proc
-                if proc is None:
+                if proc is None or self._stop.is_set():  # stopping: exits are expected
                     continue
                 if proc.poll() is None:
                     if now - worker.last_beat > self.stall_timeout:
