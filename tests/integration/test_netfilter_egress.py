@@ -246,3 +246,29 @@ def test_upstream_tng_ingress_to_our_egress_netfilter(lab, server, tmp_path):
     assert entry["outcome"] == "ok" and entry["upstream"] == f"{lab.SERVER_ADDR}:{BACKEND}", entry
     assert egress.stop() == 0
     assert kernel_state(lab.server) == server["before"]
+
+
+def test_legacy_backend_end_to_end(lab, site, monkeypatch):
+    """TNG_NFQ_IPTABLES=legacy (what `iptables -V` saying "(legacy)" selects):
+    the rules go into the legacy tables, none into nf_tables, and leave again."""
+    monkeypatch.setenv("TNG_NFQ_IPTABLES", "legacy")
+    primer = "".join(f"*{t}\n-A OUTPUT -p udp -j RETURN\nCOMMIT\n" for t in ("raw", "mangle", "nat"))
+    lab.server.run(["iptables-legacy-restore", "--noflush"], input=primer)
+    http_backend(lab, BACKEND, site)
+
+    def legacy_state():
+        saved = lab.server.run(["iptables-legacy-save"]).stdout
+        return "\n".join(re.sub(r"\[\d+:\d+\]", "[0:0]", l) for l in saved.splitlines() if not l.startswith("#"))
+
+    before = legacy_state()
+    egress = lab.start_nfq(lab.server, egress_config(), "egress")
+    lab.start_nfq(lab.client, ingress_config(), "ingress")
+
+    result = lab.curl(f"http://127.0.0.1:{INGRESS}/index.txt")
+
+    assert result.returncode == 0, result.stderr
+    assert "-A PREROUTING -p tcp -j TNGNFQ_PREROUTING" in legacy_state()
+    assert "TNGNFQ" not in lab.server.run(["iptables-nft-save"]).stdout
+    assert egress.wait_access()[0]["outcome"] == "ok"
+    assert egress.stop() == 0
+    assert legacy_state() == before
