@@ -25,6 +25,8 @@ import pytest
 from tng_nfq.lab.capture import analyze_pcap, capture
 from tng_nfq.lab.netns import wait_for_port
 
+from helpers.attestation import att, attest, verify_bg  # noqa: F401 (att is a fixture)
+
 pytestmark = pytest.mark.root
 
 APP, OTHER = 8080, 30002
@@ -276,3 +278,27 @@ def test_failed_install_leaves_nothing_and_says_why(lab):
     assert "capture_cgroup/nocapture_cgroup path" in error[0]
     assert kernel_state(lab.client) == before
     assert lab.client.run(["ss", "-Htln"]).stdout.strip() == ""  # no listener left either
+
+
+def test_usecase2_as_written_verify_and_attest(lab, site, att, tmp_path):
+    """Use case 2 with its attestation roles: the client verifies (background
+    check against the sample AS), the server attests (sample AA)."""
+    aa = att.start_aa(lab.server)
+    svc = att.start_as(lab.client)  # on 18080: not a captured port
+    http_backend(lab, lab.server, APP, site)
+    egress = lab.start_nfq(lab.server, {"add_egress": [{
+        "netfilter": {"capture_dst": {"port": APP}, "capture_local_traffic": True},
+        "attest": attest(aa)}]}, "egress")
+    ingress = lab.start_nfq(lab.client, {"add_ingress": [{
+        "netfilter": {"capture_dst": {"port": APP}}, "verify": verify_bg(svc)}]}, "ingress")
+
+    with capture(lab.client, APP, tmp_path / "wire.pcap", interface="veth1a") as pcap:
+        result = lab.curl(f"http://{lab.SERVER_ADDR}:{APP}/index.txt")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.encode() == (site / "index.txt").read_bytes()
+    assert analyze_pcap(pcap, APP).all_tls
+    (entry,) = ingress.wait_access()
+    assert entry["outcome"] == "ok" and entry["attested"] is True, entry
+    assert egress.wait_access()[0]["outcome"] == "ok"
+    assert svc.appraisals()
