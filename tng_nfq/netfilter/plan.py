@@ -5,7 +5,7 @@ text, which `tng-nfq rules show` prints and the snapshot tests pin down.
 Layout (rules/README.md explains every piece):
 
 * one dispatcher chain per built-in chain we hook (`TNGNFQ_PREROUTING`,
-  `TNGNFQ_OUTPUT` in nat; `TNGNFQ_PREROUTING` in mangle), entered by a single
+  `TNGNFQ_OUTPUT`, in raw, mangle and nat as needed), entered by a single
   jump inserted at position 1 of the built-in chain, so our decisions come
   before any other software's rules;
 * one chain per endpoint (`TNGNFQ_EGRESS<i>`, `TNGNFQ_INGRESS<i>`,
@@ -28,6 +28,12 @@ Steering:
   PREROUTING TPROXY with a fwmark, `ip rule fwmark` -> table with
   `local default dev lo`; the listener is IP_TRANSPARENT and SO_ORIGINAL_DST
   still returns the original destination (conntrack's original tuple).
+
+Classifier (queues > 0): raw chains with the same names mirror every capture
+rule, first packet only, into NFQUEUE with --queue-bypass. raw runs before
+mangle and nat at each hook, so whatever the worker does (or if there is
+none) the packet still meets the steering above; the worker only adds a mark
+(DECIDED + endpoint tag), which mangle saves into conntrack.
 """
 
 from __future__ import annotations
