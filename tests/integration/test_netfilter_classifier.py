@@ -13,11 +13,9 @@ carries the request in clear.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 

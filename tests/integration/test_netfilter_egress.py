@@ -15,7 +15,6 @@ SIGKILL and the next start, and after `rules flush`.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
