@@ -7,7 +7,8 @@ Read-only views of the running daemon:
   first attested certificate obtained), 503 before;
 - `GET /stats`, `GET /status`  per-endpoint JSON: mode, listen address,
   connection and byte counters, attestation state;
-- `GET /flows`   live connections (5-tuple-ish view, state, bytes, attested);
+- `GET /flows`   live connections (state, bytes, attested) and the NFQUEUE
+  classifier's flow table (5-tuple, endpoint, time);
 - `GET /metrics` Prometheus text format.
 
 Counters are read at request time from the objects the data path already
@@ -135,11 +136,12 @@ class _Collector:
 
 class AdminServer:
     def __init__(self, address: Address, endpoints: list[Endpoint], ready: threading.Event,
-                 extra_status=None):
+                 extra_status=None, classified_flows=None):
         self.address = address
         self.endpoints = endpoints
         self.ready = ready
         self.extra_status = extra_status  # callable -> dict merged into /status (e.g. netfilter)
+        self.classified_flows = classified_flows  # callable -> NFQUEUE flow table entries
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(endpoints))
         self.started_at = time.time()
@@ -214,7 +216,8 @@ def _make_handler(admin: AdminServer):
             elif path in ("/stats", "/status"):
                 self._json(200, admin.status())
             elif path == "/flows":
-                self._json(200, {"flows": flows_view(admin.endpoints)})
+                classified = admin.classified_flows() if admin.classified_flows else []
+                self._json(200, {"flows": flows_view(admin.endpoints), "classified": classified})
             elif path == "/metrics":
                 self._send(200, generate_latest(admin.registry), CONTENT_TYPE_LATEST)
             else:

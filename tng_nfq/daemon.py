@@ -89,7 +89,8 @@ class Daemon:
             from tng_nfq.admin import AdminServer
 
             self.admin = AdminServer(config.admin, self.endpoints, self.ready,
-                                     extra_status=self._netfilter_status)
+                                     extra_status=self._netfilter_status,
+                                     classified_flows=self.classified_flows)
 
     def start(self) -> None:
         started: list[Endpoint] = []
@@ -129,7 +130,15 @@ class Daemon:
             raise StartError(str(exc)) from None
 
     def _netfilter_status(self) -> dict:
-        return {"netfilter": {"installed": self.netfilter is not None}}
+        rules = self.netfilter
+        return {"netfilter": rules.status() if rules is not None else {"installed": False}}
+
+    def classified_flows(self) -> list[dict]:
+        """Flows the NFQUEUE classifier decided (most recent first), for /flows."""
+        rules = self.netfilter
+        if rules is None or rules.classifier is None:
+            return []
+        return list(reversed(rules.classifier.recent_flows()))
 
     def _remove_rules(self) -> None:
         if self.netfilter is not None:
