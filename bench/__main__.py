@@ -89,7 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "temp dir and put first on PYTHONPATH, instead of the working tree that other "
                          "people may be editing meanwhile")
     ap.add_argument("--quick", action="store_true",
-                    help="short run (about 1.5 minutes with both suites): fewer repetitions, shorter runs")
+                    help="short run (about 1.4 minutes with both suites): fewer repetitions, shorter runs")
     ap.add_argument("--out", type=Path, default=None,
                     help="output directory (default bench/results/<UTC timestamp>/)")
     args = ap.parse_args(argv)

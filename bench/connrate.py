@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import CONNRATE_HEADLINES, CONNRATE_PEER_NAMES
+from . import CONNRATE_PEER_NAMES
 from .measure import foreign_processes, ports_listening_in, schedule, tail
 from .peers import READY_TIMEOUT, Context, Direct, Peer, PeerError, TngNfq, UpstreamTng, venv_tool
 

@@ -217,11 +217,12 @@ def test_plot_connrate_writes_png(tmp_path):
 
 # -- profile helpers ------------------------------------------------------------------
 
-RAW = """\
-Thread._bootstrap (threading.py:1002);Endpoint._run_handler (tng_nfq/tunnel/endpoint.py:147);MappingIngressEndpoint.handle (tng_nfq/tunnel/ingress/mapping.py:45);TlsChannel.handshake (tng_nfq/tunnel/channel.py:83);Connection.do_handshake (OpenSSL/SSL.py:1) 6
-Thread._bootstrap (threading.py:1002);Endpoint._accept_loop (tng_nfq/tunnel/endpoint.py:143);Thread.start (threading.py:957) 3
- 1
-"""
+_HANDSHAKE = ["Thread._bootstrap (threading.py:1002)", "Endpoint._run_handler (tng_nfq/tunnel/endpoint.py:147)",
+              "MappingIngressEndpoint.handle (tng_nfq/tunnel/ingress/mapping.py:45)",
+              "TlsChannel.handshake (tng_nfq/tunnel/channel.py:83)", "Connection.do_handshake (OpenSSL/SSL.py:1)"]
+_START = ["Thread._bootstrap (threading.py:1002)", "Endpoint._accept_loop (tng_nfq/tunnel/endpoint.py:143)",
+          "Thread.start (threading.py:957)"]
+RAW = f"{';'.join(_HANDSHAKE)} 6\n{';'.join(_START)} 3\n 1\n"
 
 
 def test_parse_collapsed_and_categorize():
