@@ -20,7 +20,9 @@ import threading
 import time
 
 from OpenSSL import SSL
-from OpenSSL._util import exception_from_error_queue, ffi, lib
+from OpenSSL._util import exception_from_error_queue, lib
+
+from tng_nfq.tunnel.reuse import Buffer
 
 # Ciphertext produced by one SSL_write of a full plaintext chunk: 16 KiB
 # records plus at most 22 bytes of framing and tag each.
@@ -66,17 +68,14 @@ class TlsChannel:
         self._ssl_lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._write_closed = False
-        # scratch buffer for protocol records produced while reading (rare)
-        self._proto_out = bytearray(4 * (MAX_RECORD + RECORD_OVERHEAD))
-        self._proto_out_ptr = ffi.from_buffer(self._proto_out)
 
     # ---- handshake --------------------------------------------------------
 
     def handshake(self, timeout: float) -> None:
         """Run the TLS handshake over the (blocking) socket within `timeout` seconds."""
         deadline = time.monotonic() + timeout
-        buf = bytearray(MAX_RECORD + RECORD_OVERHEAD)
-        ptr = ffi.from_buffer(buf)
+        scratch = _scratch()
+        buf, ptr = scratch.data, scratch.ptr
         try:
             while True:
                 try:
@@ -129,7 +128,7 @@ class TlsChannel:
         """Encrypt `nbytes` at `ptr` and send the records.
 
         `out_mv`/`out_ptr` is the caller's ciphertext buffer, big enough for
-        the records of `nbytes` of plaintext (see `ciphertext_buffer`).
+        the records of `nbytes` of plaintext (see `ciphertext_size`).
         """
         self._ssl_lock.acquire()
         try:
@@ -182,12 +181,13 @@ class TlsChannel:
                     raise EOFError("close_notify")
                 raise TlsError(f"decrypt failed: {_ssl_error_text()}")
             # Reading may make OpenSSL answer (e.g. a KeyUpdate); send that too.
-            pending = lib.BIO_read(self._bio_out, self._proto_out_ptr, len(self._proto_out))
+            scratch = _scratch()
+            pending = lib.BIO_read(self._bio_out, scratch.ptr, SCRATCH)
             if pending > 0:
                 self._send_lock.acquire()
         if pending > 0:
             try:
-                self.sock.sendall(memoryview(self._proto_out)[:pending])
+                self.sock.sendall(scratch.view[:pending])
             finally:
                 self._send_lock.release()
         return total
@@ -199,11 +199,12 @@ class TlsChannel:
         self._write_closed = True
         with self._ssl_lock:
             lib.SSL_shutdown(self._ssl)
-            pending = lib.BIO_read(self._bio_out, self._proto_out_ptr, len(self._proto_out))
+            scratch = _scratch()
+            pending = lib.BIO_read(self._bio_out, scratch.ptr, SCRATCH)
             self._send_lock.acquire()
         try:
             if pending > 0:
-                self.sock.sendall(memoryview(self._proto_out)[:pending])
+                self.sock.sendall(scratch.view[:pending])
             self.sock.shutdown(socket.SHUT_WR)
         finally:
             self._send_lock.release()
@@ -219,10 +220,25 @@ class TlsChannel:
             self.sock.sendall(data)
 
 
-def ciphertext_buffer(plain_chunk: int) -> bytearray:
+def ciphertext_size(plain_chunk: int) -> int:
+    """Room for the records that encrypt `plain_chunk` bytes of plaintext."""
     records = -(-plain_chunk // MAX_RECORD)
     # one spare record: close_notify or a KeyUpdate may ride along
-    return bytearray((records + 1) * (MAX_RECORD + RECORD_OVERHEAD + 256))
+    return (records + 1) * (MAX_RECORD + RECORD_OVERHEAD + 256)
+
+
+# Per-thread scratch space for handshake input and the rare protocol records
+# produced while reading (KeyUpdate answers, close_notify): threads are
+# pooled, so this is allocated once per thread, not per connection.
+SCRATCH = 4 * (MAX_RECORD + RECORD_OVERHEAD)
+_local = threading.local()
+
+
+def _scratch() -> Buffer:
+    buf = getattr(_local, "buf", None)
+    if buf is None:
+        buf = _local.buf = Buffer(SCRATCH)
+    return buf
 
 
 def _describe(exc: SSL.Error) -> str:

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 import structlog
 
 from tng_nfq.tunnel.relay import ConnectionStats, Relay
+from tng_nfq.tunnel.reuse import THREADS
 
 access_log = structlog.get_logger(component="access")
 log = structlog.get_logger(component="endpoint")
 
 CONNECT_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 15.0
-# Per-connection threads spend their life blocked in socket calls; a small
+# Connection threads spend their life blocked in socket calls; a small
 # stack keeps thousands of them cheap.
 threading.stack_size(512 * 1024)
 
@@ -84,7 +85,8 @@ class Endpoint(abc.ABC):
         self._pending: set[socket.socket] = set()  # accepted, not yet relaying
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._handlers: set[threading.Thread] = set()
+        self._in_flight = 0  # accepted connections whose handler has not returned
+        self._idle = threading.Condition(self._lock)
         self.log = log.bind(endpoint=path, mode=mode)
 
     # -- lifecycle ------------------------------------------------------------
@@ -112,7 +114,6 @@ class Endpoint(abc.ABC):
         with self._lock:
             relays = list(self.relays)
             pending = list(self._pending)
-            handlers = list(self._handlers)
         for relay in relays:
             relay.abort("daemon stopping")
         for sock in pending:
@@ -120,11 +121,8 @@ class Endpoint(abc.ABC):
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        deadline = time.monotonic() + grace
-        for thread in handlers:
-            if thread.ident is None:  # registered, not started yet: it will find its socket shut
-                continue
-            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._idle:
+            self._idle.wait_for(lambda: self._in_flight == 0, grace)
 
     # -- per connection -------------------------------------------------------
 
@@ -137,12 +135,10 @@ class Endpoint(abc.ABC):
                     return
                 time.sleep(0.05)  # e.g. EMFILE: back off instead of spinning
                 continue
-            thread = threading.Thread(target=self._run_handler, args=(sock, peer, listener),
-                                      name=f"{self.path}-cx", daemon=True)
             with self._lock:
                 self._pending.add(sock)
-                self._handlers.add(thread)
-            thread.start()
+                self._in_flight += 1
+            THREADS.submit(self._run_handler, sock, peer, listener)
 
     def _run_handler(self, sock: socket.socket, peer, listener: TcpListener) -> None:
         try:
@@ -156,7 +152,9 @@ class Endpoint(abc.ABC):
         finally:
             with self._lock:
                 self._pending.discard(sock)
-                self._handlers.discard(threading.current_thread())
+                self._in_flight -= 1
+                if self._in_flight == 0:
+                    self._idle.notify_all()
 
     @abc.abstractmethod
     def handle(self, sock: socket.socket, peer, listener: TcpListener) -> None:

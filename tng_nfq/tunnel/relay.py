@@ -16,13 +16,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from OpenSSL._util import ffi
-
-from tng_nfq.tunnel.channel import TlsChannel, TlsError, ciphertext_buffer
+from tng_nfq.tunnel.channel import TlsChannel, TlsError, ciphertext_size
+from tng_nfq.tunnel.reuse import BUFFERS, THREADS
 
 # Plaintext read per recv: large enough that per-call Python overhead is
 # small against the copy and crypto cost, small enough to stay in cache.
 CHUNK = 256 * 1024
+CIPHERTEXT_CHUNK = ciphertext_size(CHUNK)
+PLAINTEXT_CHUNK = CHUNK + 2 * 16384  # a partial record may precede a full chunk's worth
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _ids = itertools.count(1)
 
@@ -74,11 +75,17 @@ class Relay:
     def run(self) -> None:
         """Relay in the calling thread plus one helper thread; returns when done."""
         self.stats.state = "open"
-        encrypt = threading.Thread(target=self._guard, args=(self._plain_to_tls,),
-                                   name=f"cx{self.stats.id}-enc", daemon=True)
-        encrypt.start()
+        encrypt_done = threading.Event()
+
+        def encrypt() -> None:
+            try:
+                self._guard(self._plain_to_tls)
+            finally:
+                encrypt_done.set()
+
+        THREADS.submit(encrypt)
         self._guard(self._tls_to_plain)
-        encrypt.join()
+        encrypt_done.wait()
         self.stats.state = "closed"
         self._close(reset=self._aborted)
 
@@ -114,26 +121,28 @@ class Relay:
             self.stats.bytes_down += n
 
     def _plain_to_tls(self) -> None:
-        buf = bytearray(CHUNK)
-        ptr = ffi.from_buffer(buf)
-        out = ciphertext_buffer(CHUNK)
-        out_mv, out_ptr = memoryview(out), ffi.from_buffer(out)
+        buf = BUFFERS.get(CHUNK)
+        out = BUFFERS.get(CIPHERTEXT_CHUNK)
         recv_into, send, count = self.plain.recv_into, self.channel.send, self._count
-        while True:
-            n = recv_into(buf)
-            if n == 0:
-                if not self._aborted:
-                    self.channel.close_write()
-                return
-            send(ptr, n, out_mv, out_ptr)
-            count(n, True)
+        data, ptr, out_mv, out_ptr = buf.data, buf.ptr, out.view, out.ptr
+        try:
+            while True:
+                n = recv_into(data)
+                if n == 0:
+                    if not self._aborted:
+                        self.channel.close_write()
+                    return
+                send(ptr, n, out_mv, out_ptr)
+                count(n, True)
+        finally:
+            BUFFERS.put(buf)
+            BUFFERS.put(out)
 
     def _tls_to_plain(self) -> None:
-        raw = bytearray(CHUNK)
-        raw_ptr = ffi.from_buffer(raw)
-        plain = bytearray(CHUNK + 2 * 16384)
-        plain_mv, plain_ptr = memoryview(plain), ffi.from_buffer(plain)
-        cap = len(plain)
+        raw = BUFFERS.get(CHUNK)
+        plain = BUFFERS.get(PLAINTEXT_CHUNK)
+        raw_data, raw_ptr, plain_mv, plain_ptr = raw.data, raw.ptr, plain.view, plain.ptr
+        cap = PLAINTEXT_CHUNK
         tls_recv_into = self.channel.sock.recv_into
         receive, sendall, count = self.channel.receive, self.plain.sendall, self._count
         n = 0  # the handshake may have left records in the channel already
@@ -144,12 +153,14 @@ class Relay:
                     sendall(plain_mv[:k])
                     count(k, False)
                     k = receive(raw_ptr, 0, plain_ptr, cap)
-                n = tls_recv_into(raw)
+                n = tls_recv_into(raw_data)
                 if n == 0:
                     if not self._aborted:
                         self.clean_tls_close = False  # FIN without close_notify
                     return
         finally:
+            BUFFERS.put(raw)
+            BUFFERS.put(plain)
             if not self._aborted:
                 try:
                     self.plain.shutdown(socket.SHUT_WR)
