@@ -85,7 +85,10 @@ class TlsChannel:
                     pass
                 except SSL.Error as exc:
                     self._flush_protocol_output()  # the alert, so the peer learns why
-                    raise TlsError(f"handshake failed: {_describe(exc)}") from None
+                    reason = _describe(exc)
+                    if self.server_side and "no application protocol" in reason:
+                        reason = "client does not offer ALPN rats-tls (no application protocol)"
+                    raise TlsError(f"handshake failed: {reason}") from None
                 self._flush_protocol_output()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL
+from OpenSSL._util import ffi, lib
 
 ALPN_RATS_TLS = b"rats-tls"
 
@@ -89,17 +90,32 @@ def client_context(identity: Identity | None = None) -> SSL.Context:
     return ctx
 
 
-class AlpnMismatch(SSL.Error):
-    """The client offered ALPN protocols, none of them rats-tls."""
+# The ALPN choice is made by a raw OpenSSL callback, not pyOpenSSL's
+# set_alpn_select_callback: to refuse, pyOpenSSL's wrapper needs the
+# callback to raise, and it keeps that exception on the *context*, where a
+# concurrent handshake of another connection can pick it up and fail.
+_RATS_TLS_C = ffi.new("unsigned char[]", ALPN_RATS_TLS)
 
 
-def _select_rats_tls(conn, offered: list[bytes]):
-    if ALPN_RATS_TLS in offered:
-        return ALPN_RATS_TLS
-    # Raising (rather than returning NO_OVERLAPPING_PROTOCOLS, which only
-    # means "no ALPN") makes OpenSSL abort with a fatal no_application_protocol
-    # alert; pyOpenSSL re-raises this from do_handshake.
-    raise AlpnMismatch(f"client offered ALPN {offered!r}, not rats-tls")
+def _offers_rats_tls(offer: bytes) -> bool:
+    pos = 0
+    while pos < len(offer):
+        length = offer[pos]
+        if offer[pos + 1:pos + 1 + length] == ALPN_RATS_TLS:
+            return True
+        pos += 1 + length
+    return False
+
+
+@ffi.callback("int (*)(SSL *, unsigned char **, unsigned char *, const unsigned char *, unsigned int, void *)",
+              error=lib.SSL_TLSEXT_ERR_ALERT_FATAL)
+def _select_rats_tls(ssl, out, outlen, offer, offer_len, arg):
+    if _offers_rats_tls(ffi.buffer(offer, offer_len)[:]):
+        out[0] = _RATS_TLS_C
+        outlen[0] = len(ALPN_RATS_TLS)
+        return lib.SSL_TLSEXT_ERR_OK
+    # fatal no_application_protocol alert: the client learns why at once
+    return lib.SSL_TLSEXT_ERR_ALERT_FATAL
 
 
 def server_context(identity: Identity, request_client_cert: bool) -> SSL.Context:
@@ -109,7 +125,7 @@ def server_context(identity: Identity, request_client_cert: bool) -> SSL.Context
         ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _accept_any_certificate)
     else:
         ctx.set_verify(SSL.VERIFY_NONE, None)
-    ctx.set_alpn_select_callback(_select_rats_tls)
+    lib.SSL_CTX_set_alpn_select_cb(ctx._context, _select_rats_tls, ffi.NULL)
     # No session cache and no tickets: a resumed connection would skip attestation.
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     ctx.set_options(SSL.OP_NO_TICKET)
