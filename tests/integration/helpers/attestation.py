@@ -231,6 +231,12 @@ class Kit:
             except (BrokenPipeError, ConnectionResetError):
                 reply, _ = self.lab.recv_until_closed(sock)
                 return reply, "send failed"
+            except OSError as exc:
+                # ENOTCONN: the peer reset the connection between our send and
+                # our half-close (a fast refusal); nothing more can be read.
+                if exc.errno != errno.ENOTCONN:
+                    raise
+                return b"", "send failed"
             return self.lab.recv_until_closed(sock)
 
     def roundtrip(self, port: int, size: int = 100_000, ns: Namespace | None = None) -> bytes:
