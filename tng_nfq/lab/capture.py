@@ -27,7 +27,7 @@ TLS_CONTENT_TYPES = {20: "change_cipher_spec", 21: "alert", 22: "handshake", 23:
 def capture(ns: Namespace, port: int, pcap: str | Path, interface: str = "any") -> Iterator[Path]:
     """Run tcpdump on `port` inside `ns` for the duration of the block."""
     pcap = Path(pcap)
-    proc = ns.popen(["tcpdump", "-i", interface, "-U", "--immediate-mode", "-n", "-s", "0", "-w", str(pcap),
+    proc = ns.popen(["tcpdump", "-i", interface, "-U", "--immediate-mode", "-B", "32768", "-n", "-s", "0", "-w", str(pcap),
                      f"tcp port {port}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     # tcpdump says "listening on ..." once the capture is armed
     deadline = time.monotonic() + 10
