@@ -13,6 +13,7 @@ import threading
 
 import structlog
 
+from tng_nfq import systemd
 from tng_nfq.config.model import (
     Config,
     Egress,
@@ -155,6 +156,7 @@ class Daemon:
         if not self._stop.is_set():
             self.ready.set()
             log.info("ready", ingress=len(self.config.ingress), egress=len(self.config.egress))
+            systemd.ready(f"serving: {len(self.config.ingress)} ingress, {len(self.config.egress)} egress")
 
     def request_stop(self, *_):
         self._stop.set()
@@ -180,6 +182,7 @@ class Daemon:
             log.info("stopping", reason="signal")
         finally:
             self._stop.set()
+            systemd.stopping()
             self._remove_rules()  # first: no new connection is steered to a closing listener
             for endpoint in self.endpoints:
                 endpoint.stop()
