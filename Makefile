@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv system-deps bench clean
+.PHONY: demo test venv system-deps bench clean dist
 
 system-deps:
 	./scripts/install-system-deps.sh
@@ -25,6 +25,11 @@ test: venv
 
 bench: venv
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# dist/tng-nfq-<version>.tar.gz: /opt/tng-nfq-<version>/ with its own Python
+# environment (tar -xf ... -C /; uninstall: rm -rf /opt/tng-nfq-<version>).
+dist: system-deps
+	./packaging/build-dist.sh
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

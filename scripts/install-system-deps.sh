@@ -15,6 +15,7 @@ have nc            || need+=(netcat-openbsd)
 have tshark        || need+=(tshark)
 have gcc           || need+=(gcc)
 have systemd-analyze || need+=(systemd)  # verifies packaging/systemd/tng-nfq.service
+/usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)  # make dist's venv
 [ -e /usr/include/libnetfilter_queue/libnetfilter_queue.h ] || need+=(libnetfilter-queue-dev)
 [ -e /usr/include/linux/netfilter.h ] || need+=(linux-libc-dev)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
