@@ -1,8 +1,9 @@
 """Loopback benchmarks: direct vs stunnel vs upstream TNG vs tng_nfq.
 
-Two suites: `throughput` (iperf3 bulk TCP) and `connrate` (new connections
+Suites: `throughput` (iperf3 bulk TCP), `connrate` (new connections
 per second, each carrying one short request/response, with and without
-remote attestation). Run as ``python -m bench`` (root needed: everything
+remote attestation) and `netfilter` (a netfilter-captured tng-nfq tunnel
+vs the same tunnel in mapping mode, the classifier's cost; opt-in). Run as ``python -m bench`` (root needed: everything
 runs inside a throw-away network namespace). See bench/README.md.
 """
 
@@ -10,7 +11,9 @@ PEER_NAMES = ("direct", "stunnel", "upstream-tng", "tng_nfq")
 BASELINE = "direct"
 HEADLINE = ("tng_nfq", "upstream-tng")  # numerator, denominator of the headline ratio
 
-SUITES = ("throughput", "connrate")
+SUITES = ("throughput", "connrate", "netfilter")
+# netfilter (two namespaces, ~3 min with 3 reps) is not in the default run: --suites netfilter
+DEFAULT_SUITES = ("throughput", "connrate")
 # connrate variants "<peer>:<ra>"; ra "attest" = egress attest + ingress verify (one-way)
 CONNRATE_PEER_NAMES = ("direct", "upstream-tng:attest", "tng_nfq:attest", "upstream-tng:no_ra", "tng_nfq:no_ra")
 CONNRATE_HEADLINES = {"attest": ("tng_nfq:attest", "upstream-tng:attest"),

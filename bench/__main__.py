@@ -23,8 +23,9 @@ from pathlib import Path
 
 from tng_nfq.lab.netns import Lab, existing_namespaces
 
-from . import CONNRATE_HEADLINES, PEER_NAMES, SUITES
+from . import CONNRATE_HEADLINES, DEFAULT_SUITES, PEER_NAMES, SUITES
 from . import connrate
+from . import netfilter as nfsuite
 from .measure import Sample, first_line, foreign_processes, run_iperf_client, schedule
 from .peers import PEERS, Context, IperfServer, PeerError, Ports, venv_tool
 from .report import (
@@ -62,7 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "connection, attested and no_ra) through direct loopback, stunnel, upstream TNG "
                     "and tng_nfq, side by side, inside a private network namespace. Needs root.")
     ap.add_argument("--suites", type=_csv(str), default=None,
-                    help=f"comma-separated subset of {','.join(SUITES)} (default: both)")
+                    help=f"comma-separated subset of {','.join(SUITES)} (default: {','.join(DEFAULT_SUITES)}; "
+                         "netfilter only when named)")
     ap.add_argument("--suite", dest="suites", type=_csv(str), help="same as --suites")
     ap.add_argument("--peers", type=_csv(str), default=list(PEER_NAMES),
                     help=f"comma-separated subset of {','.join(PEER_NAMES)} (default: all; connrate "
@@ -94,7 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="output directory (default bench/results/<UTC timestamp>/)")
     args = ap.parse_args(argv)
     if args.suites is None:
-        args.suites = list(SUITES)
+        args.suites = list(DEFAULT_SUITES)
     bad = [s for s in args.suites if s not in SUITES]
     if bad or len(set(args.suites)) != len(args.suites):
         ap.error(f"--suites: choose distinct names from {', '.join(SUITES)}")
@@ -107,6 +109,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         preset = DEFAULTS
     if args.reps is None:
         args.reps = preset["reps"]
+    nf_preset = nfsuite.QUICK if args.quick else nfsuite.DEFAULTS
+    args.nf_duration = args.duration if args.duration is not None else nf_preset["duration"]
+    args.nf_connrate_duration = (args.connrate_duration if args.connrate_duration is not None
+                                 else nf_preset["connrate_duration"])
+    args.nf_syn_duration = nf_preset["syn_duration"]
     if args.duration is None:
         args.duration = preset["duration"]
     if args.connrate_duration is None:
@@ -148,6 +155,10 @@ def estimate_seconds(args) -> float:
         cr = connrate.connrate_peers(args.peers)
         per_rep = sum(PEER_START_S.get(connrate.base_peer(p), 1.0) + args.connrate_duration + 0.6 for p in cr)
         total += 2.0 + args.reps * per_rep
+    if "netfilter" in args.suites:
+        tp = sum(2 * 1.5 * (p != "direct") + len(args.streams) * (args.nf_duration + 0.7) for p in nfsuite.TP_PEERS)
+        cr = sum(2 * 1.5 * (p != "direct") + args.nf_connrate_duration + 1.5 for p in nfsuite.CR_PEERS)
+        total += 3.0 + args.reps * (tp + cr + 2.0 + args.nf_syn_duration + 1.0)
     return total
 
 
@@ -334,7 +345,7 @@ def run(args: argparse.Namespace) -> int:
         print("bench: needs root (it creates a private network namespace); "
               "run `sudo .venv/bin/python -m bench` or `sudo make bench`", file=sys.stderr)
         return 2
-    tools = ["ip"] + (["iperf3"] if "throughput" in args.suites else [])
+    tools = ["ip"] + (["iperf3"] if {"throughput", "netfilter"} & set(args.suites) else [])
     for tool in tools:
         if not shutil.which(tool):
             print(f"bench: `{tool}` not found; run scripts/install-system-deps.sh", file=sys.stderr)
@@ -348,6 +359,7 @@ def run(args: argparse.Namespace) -> int:
     machine = machine_info()
     do_tp = "throughput" in args.suites
     do_cr = "connrate" in args.suites
+    do_nf = "netfilter" in args.suites
     tp_peers = args.peers if do_tp else []
     cr_peers = connrate.connrate_peers(args.peers) if do_cr else []
     plan = schedule(tp_peers, args.reps) if do_tp else []
@@ -358,6 +370,10 @@ def run(args: argparse.Namespace) -> int:
     if do_cr:
         what.append(f"connrate: {len(cr_peers)} peers x {args.reps} reps x {args.connrate_duration:g}s, "
                     f"{args.concurrency} workers")
+    if do_nf:
+        what.append(f"netfilter: throughput {len(nfsuite.TP_PEERS)} peers x streams {args.streams} x "
+                    f"{args.nf_duration:g}s, connrate {len(nfsuite.CR_PEERS)} peers x {args.nf_connrate_duration:g}s, "
+                    f"synrate {args.nf_syn_duration:g}s, {args.reps} reps")
     _say(f"bench: {'; '.join(what)} (about {estimate_seconds(args) / 60:.1f} min); output in {out}")
     if args.nfq_env:
         _say(f"bench: tng-nfq runs with extra environment {args.nfq_env} (an experiment, not the default)")
@@ -370,6 +386,8 @@ def run(args: argparse.Namespace) -> int:
     peer_info: dict[str, dict] = {p: {"description": PEERS[p].description} for p in tp_peers}
     runner = None
     cr_state: dict | None = None
+    nf_state = None
+    nf_error = None
     interrupted = False
     aborted = None
     ns_name = None
@@ -418,6 +436,15 @@ def run(args: argparse.Namespace) -> int:
             cr_ctx = Context(lab=lab, workdir=crwork, logdir=crdir, ports=ports, nfq_env=args.nfq_env)
             cr_state = connrate.run_suite(args, lab, ns, cr_ctx, cr_peers)
             timings["connrate_s"] = round(time.monotonic() - t1, 1)
+        if do_nf:
+            t2 = time.monotonic()
+            nf_state = nfsuite.Suite(args, lab, logdir / "netfilter", args.nfq_env)
+            try:
+                nfsuite.run_suite(args, lab, logdir / "netfilter", args.nfq_env, suite=nf_state)
+            except Exception as exc:  # noqa: BLE001 - keep the other suites' results
+                nf_error = f"{type(exc).__name__}: {exc}"
+                _say(f"bench: netfilter suite aborted: {nf_error}")
+            timings["netfilter_s"] = round(time.monotonic() - t2, 1)
     except KeyboardInterrupt:
         interrupted = True
         _say("bench: interrupted, cleaning up")
@@ -434,7 +461,8 @@ def run(args: argparse.Namespace) -> int:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
 
-    leftover = [n for n in existing_namespaces() if n == ns_name]
+    ours = {ns_name} | ({nf_state.client.name, nf_state.server.name} if nf_state else set())
+    leftover = [n for n in existing_namespaces() if n in ours]
     finished = dt.datetime.now(dt.timezone.utc)
     machine["loadavg_end"] = list(os.getloadavg())
     params = {"suites": args.suites, "tng_nfq_env": args.nfq_env, "peers": tp_peers, "streams": args.streams,
@@ -466,7 +494,18 @@ def run(args: argparse.Namespace) -> int:
             errors=cr_runner.errors if cr_runner else {p: [] for p in cr_peers},
             headlines={k: v for k, v in CONNRATE_HEADLINES.items() if v[0] in cr_peers and v[1] in cr_peers},
             params=cr_params, extra_peer_info=info)
+    if do_nf:
+        results["netfilter"] = nfsuite.summarize(nf_state) if nf_state else {}
+        results["netfilter"]["aborted"] = nf_error
+        results["netfilter"]["params"] = {
+            "reps": args.reps, "streams": args.streams, "duration": args.nf_duration,
+            "connrate_duration": args.nf_connrate_duration, "concurrency": args.concurrency,
+            "syn_duration": args.nf_syn_duration,
+            "namespaces": "client 198.18.0.1/24 <-veth-> server 198.18.0.2/24 (lab addresses inside "
+                          "the benchmark's own namespaces)"}
     foreign = set(runner.foreign) if runner else set()
+    if nf_state:
+        foreign |= nf_state.foreign
     if cr_state:
         foreign |= cr_state["runner"].foreign
     results["run"] = {"started_utc": started.isoformat(), "finished_utc": finished.isoformat(),
@@ -482,7 +521,8 @@ def run(args: argparse.Namespace) -> int:
     write_json(results, out / "results.json")
     charts = []
     for enabled, plot, name in ((do_tp, plot_throughput, "throughput.png"),
-                                (do_cr, plot_connrate, "connrate.png")):
+                                (do_cr, plot_connrate, "connrate.png"),
+                                (do_nf and nf_state is not None, _plot_netfilter, "netfilter.png")):
         if not enabled:
             continue
         try:
@@ -495,6 +535,8 @@ def run(args: argparse.Namespace) -> int:
         tables.append(format_table(results))
     if do_cr:
         tables.append(format_connrate_table(results["connrate"]))
+    if do_nf and nf_state is not None:
+        tables.append(nfsuite.format_table(results["netfilter"]))
     summary = "\n\n".join(tables)
     (out / "summary.txt").write_text(summary + "\n")
 
@@ -515,6 +557,10 @@ def run(args: argparse.Namespace) -> int:
     if aborted or leftover:
         return 1
     return 0
+
+
+def _plot_netfilter(results, path) -> None:
+    nfsuite.plot(results["netfilter"], path)
 
 
 def main(argv=None) -> int:

@@ -252,6 +252,7 @@ class NfPeer:
 
 class Suite:
     def __init__(self, args, lab, logdir: Path, nfq_env: dict):
+        logdir.mkdir(parents=True, exist_ok=True)
         self.args, self.lab, self.logdir, self.nfq_env = args, lab, logdir, dict(nfq_env)
         self.rep = 0
         self.stage = "tp"
@@ -269,6 +270,10 @@ class Suite:
         self.syn: list[dict] = []
         self.syn_errors: list[str] = []
         self.disabled: set[str] = set()
+
+    def _note_foreign(self) -> None:
+        """Benchmark-like processes outside both of our namespaces (other people's runs)."""
+        self.foreign.update(foreign_processes(self.client.name) & foreign_processes(self.server.name))
 
     def _service(self, ns, name: str, argv: list[str], port: int) -> subprocess.Popen:
         fh = open(self.logdir / f"{name}.log", "a")
@@ -322,7 +327,7 @@ class Suite:
                 return
             self.info.setdefault(name, {})["commands"] = peer.commands
             for s in self.args.streams:
-                self.foreign.update(foreign_processes(self.client.name))
+                self._note_foreign()
                 before = peer.egress_ok()
                 sample = None
                 for attempt in (1, 2):
@@ -376,7 +381,7 @@ class Suite:
                 _say(f"[netfilter connrate rep {rep + 1}] {name:<22} FAILED to start: {str(exc).splitlines()[0]}")
                 return
             self.info.setdefault(f"connrate:{name}", {})["commands"] = peer.commands
-            self.foreign.update(foreign_processes(self.client.name))
+            self._note_foreign()
             flows_before = self._flows(peer)
             ok_before = peer.egress_ok()
             watch = {role: g.proc.pid for role, g in peer.gateways.items()}
@@ -561,10 +566,9 @@ def _cpu_ms(samples: list[dict]) -> dict:
     return out
 
 
-def run_suite(args, lab, logdir: Path, nfq_env: dict) -> dict:
+def run_suite(args, lab, logdir: Path, nfq_env: dict, suite: "Suite | None" = None) -> "Suite":
     """Create the two namespaces, run throughput, connrate and synrate; the Lab removes everything."""
-    logdir.mkdir(parents=True, exist_ok=True)
-    suite = Suite(args, lab, logdir, nfq_env)
+    suite = suite or Suite(args, lab, logdir, nfq_env)
     try:
         suite.start_services()
         for rep, name in schedule(list(TP_PEERS), args.reps):
@@ -576,3 +580,109 @@ def run_suite(args, lab, logdir: Path, nfq_env: dict) -> dict:
     finally:
         suite.stop_services()
     return suite
+
+
+# -- report ---------------------------------------------------------------------------
+
+def _g(bps):
+    return "-" if bps is None else f"{bps / 1e9:.2f}"
+
+
+def format_table(res: dict) -> str:
+    tp, cr, syn = res["throughput"], res["connrate"], res["synrate"]
+    streams = list(next(iter(tp["peers"].values()))["streams"]) if tp["peers"] else []
+    lines = ["netfilter suite: throughput (client ns -> server ns over a veth), median Gbit/s [min-max]",
+             f"{'peer':<12}" + "".join(f"{s + ' stream(s)':>26}" for s in streams)]
+    for p, d in tp["peers"].items():
+        cells = []
+        for s in streams:
+            st = d["streams"][s]
+            cells.append(f"{_g(st['median_bps'])} [{_g(st['min_bps'])}-{_g(st['max_bps'])}] {st['status']}")
+        lines.append(f"{p:<12}" + "".join(f"{c:>26}" for c in cells))
+    lines.append("netfilter / mapping: " + ", ".join(
+        f"{s} stream(s) {'-' if r is None else f'{r:.3f}x'}" for s, r in tp["headline"].items()))
+    lines += ["", "netfilter suite: connections per second (100-byte request/response each)",
+              f"{'peer':<24}{'median':>9}{'min':>8}{'max':>8}  {'CPU ms/conn in/eg':>18}  classified in/eg per rep"]
+    for p, d in cr["peers"].items():
+        cpu = d.get("median_cpu_ms_per_conn") or {}
+        cpu_s = f"{cpu.get('ingress', '-')}/{cpu.get('egress', '-')}" if cpu else "-"
+        fl = d.get("flows_classified_per_rep") or {}
+        fl_s = " ".join(f"{a}/{b}" for a, b in zip(fl.get("ingress", []), fl.get("egress", []))) or "-"
+        conns = d.get("connections_per_rep") or []
+        if fl and conns:
+            fl_s += f" (connections {' '.join(str(c) for c in conns)})"
+        nums = [("-" if v is None else f"{v:.0f}") for v in
+                (d["median_conn_per_s"], d["min_conn_per_s"], d["max_conn_per_s"])]
+        lines.append(f"{p:<24}{nums[0]:>9}{nums[1]:>8}{nums[2]:>8}  {cpu_s:>18}  {fl_s}")
+    r = cr["ratios"]
+    lines.append(f"classifier on / off: {r['classifier_on_vs_off']}x; netfilter / mapping: {r['netfilter_vs_mapping']}x")
+    lines += ["", "netfilter suite: raw SYNs at a captured port (classifier + steering only)"]
+    for x in syn["samples"]:
+        lines.append(f"  rep {x['rep']}: sent {x['sent_per_s']:.0f} SYN/s, classified {x['classified_per_s']:.0f} "
+                     f"flows/s ({x['classified']} of {x['sent']})")
+    lines.append(f"  median classified flows/s: {syn['median_classified_per_s']}")
+    for err in syn["errors"]:
+        lines.append(f"  error: {err}")
+    return "\n".join(lines)
+
+
+def plot(res: dict, path: Path) -> None:
+    """Left: throughput bars (peers x streams); right: conn/s bars and the SYN rate as text."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tp, cr, syn = res["throughput"], res["connrate"], res["synrate"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 5.6), gridspec_kw={"width_ratios": [1.2, 1]})
+    peers = list(tp["peers"])
+    streams = list(next(iter(tp["peers"].values()))["streams"]) if peers else []
+    width = 0.8 / max(1, len(streams))
+    top = 1.0
+    for j, s in enumerate(streams):
+        for i, p in enumerate(peers):
+            st = tp["peers"][p]["streams"][s]
+            if st["median_bps"] is None:
+                a1.text(i, 0, "failed", ha="center", color="firebrick")
+                continue
+            med = st["median_bps"] / 1e9
+            x = i - 0.4 + width * (j + 0.5)
+            a1.bar(x, med, width * 0.92, yerr=[[med - st["min_bps"] / 1e9], [st["max_bps"] / 1e9 - med]],
+                   capsize=3, color=f"C{j}", label=f"{s} stream(s)" if i == 0 else None)
+            label = f"{med:.2f}"
+            if p == "netfilter" and tp["headline"].get(s) is not None:
+                label += f"\n{tp['headline'][s]:.2f}x mapping"
+            a1.annotate(label, (x, st["max_bps"] / 1e9), xytext=(0, 4), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=8)
+            top = max(top, st["max_bps"] / 1e9)
+    a1.set_xticks(range(len(peers)), peers)
+    a1.set_ylim(0, top * 1.3)
+    a1.set_ylabel("median throughput (Gbit/s), whiskers min..max")
+    a1.set_title("iperf3, client ns -> server ns over a veth", fontsize=10)
+    a1.legend(loc="upper right")
+    crp = [p for p in cr["peers"] if p != "direct"]
+    meds = [cr["peers"][p]["median_conn_per_s"] or 0 for p in crp]
+    bars = a2.bar(range(len(crp)), meds, 0.6, color=["C2", "C3", "C4"][:len(crp)])
+    for b, p in zip(bars, crp):
+        fl = cr["peers"][p].get("flows_classified_per_rep") or {}
+        extra = ""
+        if fl.get("egress"):
+            extra = f"\nclassified/rep {fl['egress']}"
+        a2.annotate(f"{b.get_height():.0f}{extra}", (b.get_x() + b.get_width() / 2, b.get_height()),
+                    xytext=(0, 4), textcoords="offset points", ha="center", va="bottom", fontsize=8)
+    a2.set_xticks(range(len(crp)), [p.replace("netfilter-noclassifier", "netfilter\n(TNG_NFQ_QUEUES=0)")
+                                    for p in crp])
+    a2.set_ylim(0, max(meds + [1]) * 1.4)
+    a2.set_ylabel("median conn/s (100 B request/response)")
+    d = cr["peers"].get("direct", {}).get("median_conn_per_s")
+    a2.set_title(f"connection rate (direct over the veth: {d:.0f} conn/s)" if d else "connection rate",
+                 fontsize=10)
+    a2.text(0.02, 0.97, f"raw SYNs, classifier + steering only: {syn['median_classified_per_s']} flows/s "
+                        f"classified (offered {syn['offered_syn_per_s']}/s)",
+            transform=a2.transAxes, ha="left", va="top", fontsize=8.5)
+    fig.suptitle("tng-nfq netfilter capture vs mapping, no_ra: " + ", ".join(
+        f"{s} stream(s) {'-' if r is None else f'{r:.2f}x'}" for s, r in tp["headline"].items()),
+        fontsize=11, fontweight="bold")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
