@@ -17,6 +17,7 @@ from tng_nfq import systemd
 from tng_nfq.config.model import (
     Config,
     Egress,
+    HttpProxyIngress,
     Ingress,
     MappingEgress,
     MappingIngress,
@@ -26,6 +27,7 @@ from tng_nfq.config.model import (
 from tng_nfq.tunnel.egress.mapping import MappingEgressEndpoint
 from tng_nfq.tunnel.egress.netfilter import NetfilterEgressEndpoint
 from tng_nfq.tunnel.endpoint import Endpoint, StartError
+from tng_nfq.tunnel.ingress.http_proxy import HttpProxyIngressEndpoint
 from tng_nfq.tunnel.ingress.mapping import MappingIngressEndpoint
 from tng_nfq.tunnel.ingress.netfilter import NetfilterIngressEndpoint
 from tng_nfq.tunnel.security import SetupRefused, TunnelSecurity, UnsupportedFeature
@@ -45,6 +47,9 @@ def build_ingress(spec: Ingress, reserved_ports: frozenset[int] = frozenset()) -
     if isinstance(spec.mode, NetfilterIngress):
         security = TunnelSecurity.for_endpoint(spec.ra, spec.path, server_side=False)
         return NetfilterIngressEndpoint(spec, security, reserved_ports)
+    if isinstance(spec.mode, HttpProxyIngress):
+        security = TunnelSecurity.for_endpoint(spec.ra, spec.path, server_side=False)
+        return HttpProxyIngressEndpoint(spec, security)
     if not isinstance(spec.mode, MappingIngress):
         raise _not_yet(f"{spec.path}.{spec.mode.kind}", f"ingress mode {spec.mode.kind!r}")
     security = TunnelSecurity.for_endpoint(spec.ra, spec.path, server_side=False)

@@ -122,15 +122,16 @@ def test_neither_config_option_is_a_usage_error(command):
 
 
 def test_check_valid_but_not_implemented_mode():
-    config = {"add_ingress": [{"http_proxy": {"proxy_listen": {"host": "127.0.0.1", "port": 41000}},
-                               "no_ra": True}]}
+    config = {"add_ingress": [{"mapping": {"in": {"host": "127.0.0.1", "port": 41000},
+                                           "out": {"host": "127.0.0.1", "port": 30001}},
+                               "encap_in_http": {}, "no_ra": True}]}
 
     result = run("check", "--config-content", json.dumps(config))
 
     assert result.exit_code == 2, result.output
     lines = error_lines(result)
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("tng-nfq: error: add_ingress[0].http_proxy: "), lines[0]
+    assert lines[0].startswith("tng-nfq: error: add_ingress[0].encap_in_http: "), lines[0]
     assert "not implemented" in lines[0]
     assert result.stdout == ""
 
