@@ -230,3 +230,36 @@ def test_a_forwarded_request_steered_back_to_the_proxy_does_not_loop(lab, setup)
 
     assert answer.startswith(b"HTTP/1.1 400 ") and b"not a proxy request" in answer, answer[:300]
     assert setup["proxy"].alive
+
+
+def read_response(sock) -> bytes:
+    """One response with a Content-Length body, leaving the connection open."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def test_sigterm_with_an_open_keep_alive_connection_stops_cleanly(lab, setup):
+    sock = lab.connect(PROXY)
+    try:
+        for path in ("/one", "/two"):  # same tunnel, kept alive between requests
+            sock.sendall(f"GET http://{lab.SERVER_ADDR}:{APP}{path} HTTP/1.1\r\n\r\n".encode())
+            answer = read_response(sock)
+            assert answer.startswith(b"HTTP/1.1 200") and f'"target": "{path}"'.encode() in answer
+        assert setup["proxy"].stop() == 0
+        rest, _ = lab.recv_until_closed(sock)
+        assert rest == b""
+    finally:
+        sock.close()
+    (entry,) = setup["proxy"].wait_access()
+    assert entry["encrypted"] is True and entry["upstream"] == f"{lab.SERVER_ADDR}:{APP}", entry

@@ -38,6 +38,10 @@ from tng_nfq.tunnel.security import NotReady, TunnelSecurity
 # How long a client may take to send a complete request head (408 after).
 # The environment override exists for tests and unusual deployments.
 HEAD_TIMEOUT = float(os.environ.get("TNG_NFQ_HTTP_HEAD_TIMEOUT", "10"))
+# After we half-close an upstream to move on, how long its remaining answer
+# may take before the upstream is cut (a server that ignores our FIN must not
+# hold the client connection forever).
+DRAIN_TIMEOUT = 60.0
 RECV = 64 * 1024
 
 
@@ -317,7 +321,11 @@ class _Session:
             return
         up.switching = True
         up.close_write()
-        if self.ep._stopping.is_set():  # do not wait for the origin's last answer
+        # a stopping daemon does not wait for the origin's last answer
+        stopping = self.ep._stopping.is_set()
+        if not up.ended.wait(0 if stopping else DRAIN_TIMEOUT):
+            up.error = up.error or ("daemon stopping" if stopping
+                                    else f"upstream still open {DRAIN_TIMEOUT:g}s after our FIN")
             try:
                 up.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
