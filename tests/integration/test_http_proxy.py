@@ -263,3 +263,16 @@ def test_sigterm_with_an_open_keep_alive_connection_stops_cleanly(lab, setup):
         sock.close()
     (entry,) = setup["proxy"].wait_access()
     assert entry["encrypted"] is True and entry["upstream"] == f"{lab.SERVER_ADDR}:{APP}", entry
+
+
+def test_a_malformed_chunked_body_cuts_the_request_and_the_proxy_stays_up(lab, setup):
+    request = (f"POST http://{lab.SERVER_ADDR}:{APP}/bad HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+               "5\r\nhello\r\nzz\r\n").encode()
+
+    answer = exchange(lab, request)
+
+    assert b"tng-nfq http_proxy" not in answer  # no answer of ours after bytes went upstream
+    (entry,) = setup["proxy"].wait_access(where=lambda e: e["outcome"] == "error")
+    assert "malformed request body" in entry["error"] and entry["encrypted"] is True, entry
+    ok = curl(lab, "-x", f"http://127.0.0.1:{PROXY}", f"http://{lab.SERVER_ADDR}:{APP}/alive")
+    assert ok.returncode == 0 and replies(ok.stdout)[0]["target"] == "/alive", ok.stderr

@@ -384,7 +384,19 @@ class _Session:
                 data = self.sock.recv(RECV)
                 if not data:
                     return False  # client gave up mid-body
-            n = body.feed(data)
+            try:
+                n = body.feed(data)
+            except ParseError as exc:
+                # Part of the request already left: an answer from us could
+                # interleave with the origin's. Cut both connections instead.
+                up.error = f"malformed request body: {exc.message}"
+                up.switching = True
+                for sk in (up.sock, self.sock):
+                    try:
+                        sk.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                return False
             up.send(data[:n])
             data = data[n:]
         self.pending = data
