@@ -44,7 +44,7 @@ from .measure import foreign_processes, ports_listening_in, run_iperf_client, sc
 from .peers import READY_TIMEOUT, PeerError, venv_tool
 
 CLIENT_ADDR, SERVER_ADDR = "198.18.0.1", "198.18.0.2"
-TP_PEERS = ("direct", "mapping", "netfilter")
+TP_PEERS = ("direct", "mapping", "netfilter", "netfilter-noclassifier")
 CR_PEERS = ("direct", "mapping", "netfilter", "netfilter-noclassifier")
 HEADLINE = ("netfilter", "mapping")
 ADMIN_PORT = 9901
@@ -346,7 +346,7 @@ class Suite:
                     _say(f"[netfilter rep {rep + 1}] {name:<10} {s:>2} stream(s): FAILED")
                     continue
                 through = None
-                if name == "netfilter":
+                if name.startswith("netfilter"):
                     # iperf3 opens 1 control + s data connections: all must be in the egress access log
                     deadline = time.monotonic() + 3
                     while (through := peer.egress_ok() - before) < s + 1 and time.monotonic() < deadline:
@@ -503,7 +503,9 @@ def summarize(suite_or_state) -> dict:
         tp[p] = {"description": {"direct": "iperf3 client ns -> server ns over the veth, no tunnel",
                                  "mapping": "tng-nfq ingress mapping (client ns) -> egress mapping (server ns), no_ra",
                                  "netfilter": "tng-nfq ingress netfilter capture_dst {198.18.0.2, P} (client ns) "
-                                              "-> egress netfilter capture_dst {P} (server ns), no_ra"}[p],
+                                              "-> egress netfilter capture_dst {P} (server ns), no_ra",
+                                 "netfilter-noclassifier": "the netfilter pair with TNG_NFQ_QUEUES=0 (no classifier "
+                                                           "queues, no raw/mangle classifier rules)"}[p],
                  "streams": {}, "errors": s.tp_errors[p], **s.info.get(p, {})}
         for n, vals in s.tp[p].items():
             tp[p]["streams"][str(n)] = {"samples_bps": vals, "median_bps": _median(vals),
@@ -543,7 +545,7 @@ def summarize(suite_or_state) -> dict:
                  "netfilter_vs_mapping": round(on / mp, 3) if on and mp else None}
     syn_rates = [x["classified_per_s"] for x in s.syn]
     return {"throughput": {"peers": tp, "ratios": ratios, "headline": ratios["netfilter_vs_mapping"],
-                           "tunnel_check": s.verified.get("netfilter", {})},
+                           "tunnel_check": s.verified},
             "connrate": {"peers": cr, "ratios": cr_ratios},
             "synrate": {"samples": s.syn, "errors": s.syn_errors,
                         "median_classified_per_s": _median(syn_rates), "offered_syn_per_s": SYN_RATE,
@@ -592,13 +594,13 @@ def format_table(res: dict) -> str:
     tp, cr, syn = res["throughput"], res["connrate"], res["synrate"]
     streams = list(next(iter(tp["peers"].values()))["streams"]) if tp["peers"] else []
     lines = ["netfilter suite: throughput (client ns -> server ns over a veth), median Gbit/s [min-max]",
-             f"{'peer':<12}" + "".join(f"{s + ' stream(s)':>26}" for s in streams)]
+             f"{'peer':<24}" + "".join(f"{s + ' stream(s)':>26}" for s in streams)]
     for p, d in tp["peers"].items():
         cells = []
         for s in streams:
             st = d["streams"][s]
             cells.append(f"{_g(st['median_bps'])} [{_g(st['min_bps'])}-{_g(st['max_bps'])}] {st['status']}")
-        lines.append(f"{p:<12}" + "".join(f"{c:>26}" for c in cells))
+        lines.append(f"{p:<24}" + "".join(f"{c:>26}" for c in cells))
     lines.append("netfilter / mapping: " + ", ".join(
         f"{s} stream(s) {'-' if r is None else f'{r:.3f}x'}" for s, r in tp["headline"].items()))
     lines += ["", "netfilter suite: connections per second (100-byte request/response each)",
@@ -655,7 +657,8 @@ def plot(res: dict, path: Path) -> None:
             a1.annotate(label, (x, st["max_bps"] / 1e9), xytext=(0, 4), textcoords="offset points",
                         ha="center", va="bottom", fontsize=8)
             top = max(top, st["max_bps"] / 1e9)
-    a1.set_xticks(range(len(peers)), peers)
+    a1.set_xticks(range(len(peers)), [p.replace("netfilter-noclassifier", "netfilter\n(no classifier)")
+                                      for p in peers])
     a1.set_ylim(0, top * 1.3)
     a1.set_ylabel("median throughput (Gbit/s), whiskers min..max")
     a1.set_title("iperf3, client ns -> server ns over a veth", fontsize=10)

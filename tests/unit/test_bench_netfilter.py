@@ -84,7 +84,7 @@ def _suite(reps=2):
                               tp_errors={p: [] for p in nf.TP_PEERS},
                               cr={p: [] for p in nf.CR_PEERS}, cr_errors={p: [] for p in nf.CR_PEERS},
                               info={}, verified={}, syn=[], syn_errors=[])
-    for p, v in (("direct", 20e9), ("mapping", 5e9), ("netfilter", 4.9e9)):
+    for p, v in (("direct", 20e9), ("mapping", 5e9), ("netfilter", 4.9e9), ("netfilter-noclassifier", 5e9)):
         s.tp[p][1] = [v, v * 1.02]
         s.tp[p][8] = [v * 0.9, v * 0.92]
     for p, c in (("direct", 10000.0), ("mapping", 400.0), ("netfilter", 380.0), ("netfilter-noclassifier", 400.0)):
