@@ -276,3 +276,39 @@ def test_a_malformed_chunked_body_cuts_the_request_and_the_proxy_stays_up(lab, s
     assert "malformed request body" in entry["error"] and entry["encrypted"] is True, entry
     ok = curl(lab, "-x", f"http://127.0.0.1:{PROXY}", f"http://{lab.SERVER_ADDR}:{APP}/alive")
     assert ok.returncode == 0 and replies(ok.stdout)[0]["target"] == "/alive", ok.stderr
+
+
+def test_manual_cachefs_case_in_one_instance(lab, tmp_path):
+    """The manual's cachefs config as written (one instance: http_proxy ingress
+    with dst_filter *:9991, netfilter egress capturing 9991 with
+    capture_local_traffic; no_ra instead of the sample attestation), both nc
+    ends on 127.0.0.1; the tunnel leg is the egress listener's port on lo."""
+    marker = "TNGNFQ-CACHEFS-" + os.urandom(6).hex()
+    (tmp_path / "reply.txt").write_bytes(f"pong {marker[::-1]}\n".encode())
+    (tmp_path / "request.txt").write_bytes(f"ping {marker}\n".encode())
+    config = {"add_ingress": [{"http_proxy": {"proxy_listen": {"host": "0.0.0.0", "port": PROXY},
+                                              "dst_filter": {"domain": "*", "port": CACHEFS}},
+                               "no_ra": True}],
+              "add_egress": [{"netfilter": {"capture_dst": {"port": CACHEFS}, "capture_local_traffic": True},
+                              "no_ra": True}]}
+    gw = lab.start_nfq(lab.server, config, "cachefs")
+    with open(tmp_path / "reply.txt", "rb") as stdin, open(tmp_path / "got.txt", "wb") as stdout:
+        listener = lab.lab.spawn(lab.server, ["nc", "-N", "-l", str(CACHEFS)], stdin=stdin, stdout=stdout)
+    lab.poll_until(lambda: f":{CACHEFS} " in lab.server.run(["ss", "-Hltn"]).stdout,
+                   "nc -l listening", proc=listener)
+
+    with capture(lab.server, 40000, tmp_path / "lo.pcap", interface="lo") as pcap:
+        with open(tmp_path / "request.txt", "rb") as stdin:
+            result = lab.server.run(["nc", "-N", "-X", "connect", "-x", f"127.0.0.1:{PROXY}",
+                                     "127.0.0.1", str(CACHEFS)], stdin=stdin, text=False,
+                                    check=False, timeout=lab.WAIT)
+        listener.wait(timeout=lab.WAIT)
+
+    assert result.stdout == (tmp_path / "reply.txt").read_bytes(), result.stderr
+    assert (tmp_path / "got.txt").read_bytes() == (tmp_path / "request.txt").read_bytes()
+    report = analyze_pcap(pcap, 40000)
+    assert report.flows and report.all_tls, [f.summary() for f in report.flows]
+    assert not report.contains(marker.encode()) and not report.contains(marker[::-1].encode())
+    entries = gw.wait_access(2)
+    assert {(e["endpoint"], e["mode"], e["encrypted"], e["outcome"]) for e in entries} == {
+        ("add_ingress[0]", "http_proxy", True, "ok"), ("add_egress[0]", "netfilter", True, "ok")}, entries
