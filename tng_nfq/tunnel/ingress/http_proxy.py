@@ -342,7 +342,9 @@ class _Session:
             if left <= 0:
                 if not parser.started:
                     if self.up is not None and not self.up.ended.is_set():
-                        # a long response is still flowing: the client waits for it, not us
+                        # A response may still be flowing (we do not parse it), so the
+                        # client may rightly be waiting: idle time is bounded by the
+                        # origin's own keep-alive timeout instead (README limit).
                         deadline = time.monotonic() + HEAD_TIMEOUT
                         continue
                     if self.requests:
