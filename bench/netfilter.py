@@ -39,6 +39,7 @@ from pathlib import Path
 
 from tng_nfq.lab.netns import LabError, stop_process, wait_for_log_event
 
+from .loadgen import tree_cpu_seconds
 from .connrate import LOADGEN, PROBE_TIMEOUT, REQUEST_SIZE, parse_loadgen_output
 from .measure import foreign_processes, ports_listening_in, run_iperf_client, schedule, tail
 from .peers import READY_TIMEOUT, PeerError, venv_tool
@@ -239,6 +240,13 @@ class NfPeer:
             if not g.alive():
                 raise PeerError(f"{self.name} {role} exited with {g.proc.returncode}: {tail(g.log, 3)}")
 
+    def cpu_seconds(self) -> float | None:
+        """CPU seconds so far of both gateways and their children (classifier workers)."""
+        if not self.gateways:
+            return None
+        vals = [tree_cpu_seconds(g.proc.pid) for g in self.gateways.values()]
+        return None if any(v is None for v in vals) else sum(vals)
+
     def egress_ok(self) -> int:
         g = self.gateways.get("egress")
         mode = "mapping" if self.name == "mapping" else "netfilter"
@@ -263,6 +271,8 @@ class Suite:
         self.foreign: set[str] = set()
         self.tp = {p: {s: [] for s in args.streams} for p in TP_PEERS}
         self.tp_errors: dict[str, list[str]] = {p: [] for p in TP_PEERS}
+        # CPU seconds of both gateways (with their classifier workers) per GB carried, per test
+        self.tp_cpu: dict[str, dict[int, list[float]]] = {p: {s: [] for s in args.streams} for p in TP_PEERS}
         self.cr: dict[str, list[dict]] = {p: [] for p in CR_PEERS}
         self.cr_errors: dict[str, list[str]] = {p: [] for p in CR_PEERS}
         self.info: dict[str, dict] = {}
@@ -336,7 +346,9 @@ class Suite:
                     except PeerError as exc:
                         self.tp_errors[name].append(f"rep {rep + 1}, {s} streams: {exc}")
                         break
+                    cpu0 = peer.cpu_seconds()
                     sample = run_iperf_client_to(self.client, host, port, self.args.nf_duration, s)
+                    cpu1 = peer.cpu_seconds()
                     if sample.bps is not None:
                         break
                     self.tp_errors[name].append(f"rep {rep + 1}, {s} streams, attempt {attempt}: {sample.error}")
@@ -359,6 +371,9 @@ class Suite:
                         _say(f"[netfilter rep {rep + 1}] {name:<10} {s:>2} stream(s): NOT THROUGH THE TUNNEL")
                         continue
                 self.tp[name][s].append(sample.bps)
+                if cpu0 is not None and cpu1 is not None and sample.bps:
+                    gb = sample.bps * self.args.nf_duration / 8 / 1e9
+                    self.tp_cpu[name][s].append(round((cpu1 - cpu0) / gb, 4))
                 _say(f"[netfilter rep {rep + 1}] {name:<10} {s:>2} stream(s): {sample.bps / 1e9:7.2f} Gbit/s"
                      + (f"  ({through} tunnel connections in the egress log)" if through is not None else ""))
         finally:
@@ -508,7 +523,10 @@ def summarize(suite_or_state) -> dict:
                                                            "queues, no raw/mangle classifier rules)"}[p],
                  "streams": {}, "errors": s.tp_errors[p], **s.info.get(p, {})}
         for n, vals in s.tp[p].items():
+            cpu = getattr(s, "tp_cpu", {}).get(p, {}).get(n, [])
             tp[p]["streams"][str(n)] = {"samples_bps": vals, "median_bps": _median(vals),
+                                        "samples_tunnel_cpu_s_per_gb": cpu,
+                                        "median_tunnel_cpu_s_per_gb": _median(cpu),
                                         "min_bps": min(vals) if vals else None,
                                         "max_bps": max(vals) if vals else None,
                                         "status": "ok" if len(vals) == s.args.reps and not s.tp_errors[p]
@@ -593,14 +611,17 @@ def _g(bps):
 def format_table(res: dict) -> str:
     tp, cr, syn = res["throughput"], res["connrate"], res["synrate"]
     streams = list(next(iter(tp["peers"].values()))["streams"]) if tp["peers"] else []
-    lines = ["netfilter suite: throughput (client ns -> server ns over a veth), median Gbit/s [min-max]",
-             f"{'peer':<24}" + "".join(f"{s + ' stream(s)':>26}" for s in streams)]
+    lines = ["netfilter suite: throughput (client ns -> server ns over a veth), median Gbit/s [min-max], "
+             "tunnel CPU s per GB (both gateways + classifier workers)",
+             f"{'peer':<24}" + "".join(f"{s + ' stream(s)':>36}" for s in streams)]
     for p, d in tp["peers"].items():
         cells = []
         for s in streams:
             st = d["streams"][s]
-            cells.append(f"{_g(st['median_bps'])} [{_g(st['min_bps'])}-{_g(st['max_bps'])}] {st['status']}")
-        lines.append(f"{p:<24}" + "".join(f"{c:>26}" for c in cells))
+            cpu = st.get("median_tunnel_cpu_s_per_gb")
+            cells.append(f"{_g(st['median_bps'])} [{_g(st['min_bps'])}-{_g(st['max_bps'])}]"
+                         + (f" {cpu:.2f}s/GB" if cpu is not None else "") + f" {st['status']}")
+        lines.append(f"{p:<24}" + "".join(f"{c:>36}" for c in cells))
     lines.append("netfilter / mapping: " + ", ".join(
         f"{s} stream(s) {'-' if r is None else f'{r:.3f}x'}" for s, r in tp["headline"].items()))
     lines += ["", "netfilter suite: connections per second (100-byte request/response each)",

@@ -80,6 +80,7 @@ def test_classified_reads_the_admin_status():
 
 def _suite(reps=2):
     s = types.SimpleNamespace(args=types.SimpleNamespace(streams=[1, 8], reps=reps), foreign=set(),
+                              tp_cpu={p: {1: [1.5, 1.7], 8: [1.6]} for p in nf.TP_PEERS},
                               tp={p: {1: [], 8: []} for p in nf.TP_PEERS},
                               tp_errors={p: [] for p in nf.TP_PEERS},
                               cr={p: [] for p in nf.CR_PEERS}, cr_errors={p: [] for p in nf.CR_PEERS},
@@ -102,6 +103,7 @@ def test_summarize_ratios_medians_and_table(tmp_path):
     res = nf.summarize(_suite())
     assert res["throughput"]["headline"] == {"1": 0.98, "8": 0.98}
     assert res["throughput"]["peers"]["netfilter"]["streams"]["1"]["status"] == "ok"
+    assert res["throughput"]["peers"]["netfilter"]["streams"]["1"]["median_tunnel_cpu_s_per_gb"] == 1.6
     cr = res["connrate"]
     assert cr["ratios"] == {"classifier_on_vs_off": 0.95, "netfilter_vs_mapping": 0.95}
     assert cr["peers"]["netfilter"]["flows_classified_per_rep"] == {"ingress": [800, 800], "egress": [800, 800]}
