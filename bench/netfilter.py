@@ -674,9 +674,9 @@ def plot(res: dict, path: Path) -> None:
                    capsize=3, color=f"C{j}", label=f"{s} stream(s)" if i == 0 else None)
             label = f"{med:.2f}"
             if p == "netfilter" and tp["headline"].get(s) is not None:
-                label += f"\n{tp['headline'][s]:.2f}x mapping"
+                label += f"\n{tp['headline'][s]:.2f}x\nmapping"
             a1.annotate(label, (x, st["max_bps"] / 1e9), xytext=(0, 4), textcoords="offset points",
-                        ha="center", va="bottom", fontsize=8)
+                        ha="center", va="bottom", fontsize=7)
             top = max(top, st["max_bps"] / 1e9)
     a1.set_xticks(range(len(peers)), [p.replace("netfilter-noclassifier", "netfilter\n(no classifier)")
                                       for p in peers])
@@ -701,7 +701,8 @@ def plot(res: dict, path: Path) -> None:
     d = cr["peers"].get("direct", {}).get("median_conn_per_s")
     a2.set_title(f"connection rate (direct over the veth: {d:.0f} conn/s)" if d else "connection rate",
                  fontsize=10)
-    a2.text(0.02, 0.97, f"raw SYNs, classifier + steering only: {syn['median_classified_per_s']} flows/s "
+    rate = syn["median_classified_per_s"]
+    a2.text(0.02, 0.97, f"raw SYNs, classifier + steering only: {'-' if rate is None else f'{rate:.0f}'} flows/s "
                         f"classified (offered {syn['offered_syn_per_s']}/s)",
             transform=a2.transAxes, ha="left", va="top", fontsize=8.5)
     fig.suptitle("tng-nfq netfilter capture vs mapping, no_ra: " + ", ".join(
