@@ -10,6 +10,7 @@ Limits (documented in README.md, "http_proxy"):
 
 from __future__ import annotations
 
+import abc
 import re
 from dataclasses import dataclass, field
 
@@ -244,14 +245,14 @@ def _request(method: str, target: str, version: tuple[int, int], headers: list[t
 # ---- request bodies -------------------------------------------------------
 
 
-class BodyFramer:
+class BodyFramer(abc.ABC):
     """Finds where a body ends in the byte stream; the bytes pass unchanged."""
 
     done: bool
 
+    @abc.abstractmethod
     def feed(self, data: bytes) -> int:
         """How many leading bytes of `data` belong to the body (all, unless it ends inside)."""
-        raise NotImplementedError
 
 
 @dataclass
