@@ -16,8 +16,10 @@ from dataclasses import dataclass
 
 import structlog
 
-from tng_nfq.tunnel.relay import ConnectionStats, Relay
+from tng_nfq.tunnel.channel import TlsError
+from tng_nfq.tunnel.relay import ConnectionStats, Relay, set_nodelay
 from tng_nfq.tunnel.reuse import THREADS
+from tng_nfq.tunnel.security import NotReady
 
 access_log = structlog.get_logger(component="access")
 log = structlog.get_logger(component="endpoint")
@@ -27,6 +29,29 @@ HANDSHAKE_TIMEOUT = 15.0
 # Connection threads spend their life blocked in socket calls; a small
 # stack keeps thousands of them cheap.
 threading.stack_size(512 * 1024)
+
+
+def dial(address: tuple[str, int], so_mark: int | None = None) -> socket.socket:
+    """A connected, blocking TCP socket; with `so_mark`, every packet from the
+    SYN on carries it (so our own connections are not captured again)."""
+    if so_mark is None:
+        sock = socket.create_connection(address, timeout=CONNECT_TIMEOUT)
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, so_mark)
+            sock.settimeout(CONNECT_TIMEOUT)
+            sock.connect(address)
+        except BaseException:
+            sock.close()
+            raise
+    sock.settimeout(None)
+    set_nodelay(sock)
+    return sock
+
+
+def _reason(exc: OSError) -> str:
+    return (exc.strerror or str(exc)).lower()
 
 
 class StartError(Exception):
@@ -159,6 +184,46 @@ class Endpoint(abc.ABC):
     @abc.abstractmethod
     def handle(self, sock: socket.socket, peer, listener: TcpListener) -> None:
         """Serve one accepted connection (runs in its own thread)."""
+
+    # -- the two halves every mode shares ------------------------------------------
+
+    def tunnel_out(self, sock: socket.socket, stats: ConnectionStats, target: tuple[str, int],
+                   so_mark: int | None = None) -> None:
+        """Ingress side: open the rats-tls tunnel to `target`, check the peer,
+        relay the app's `sock` through it. Always consumes `sock`."""
+        set_nodelay(sock)
+        try:
+            up = dial(target, so_mark)
+        except OSError as exc:
+            return self.failed(stats, f"cannot reach tunnel peer {stats.upstream}: {_reason(exc)}", sock)
+        try:
+            channel = self.security.new_channel(up, HANDSHAKE_TIMEOUT)
+            channel.handshake(HANDSHAKE_TIMEOUT)
+            self.security.check_peer(channel, stats)
+        except (NotReady, TlsError, OSError) as exc:
+            return self.failed(stats, str(exc), sock, up)
+        self.relay(Relay(sock, channel, stats, plain_is_downstream=True))
+
+    def tunnel_in(self, sock: socket.socket, stats: ConnectionStats, backend: tuple[str, int],
+                  so_mark: int | None = None) -> None:
+        """Egress side: accept the tunnel on `sock`, check the peer, and only
+        then dial `backend` and relay. Always consumes `sock`."""
+        set_nodelay(sock)
+        try:
+            channel = self.security.new_channel(sock, HANDSHAKE_TIMEOUT)
+            channel.handshake(HANDSHAKE_TIMEOUT)
+            self.security.check_peer(channel, stats)
+        except (NotReady, TlsError, OSError) as exc:
+            return self.failed(stats, str(exc), sock)
+        try:
+            up = dial(backend, so_mark)
+        except OSError as exc:
+            try:
+                channel.close_write()
+            except OSError:
+                pass
+            return self.failed(stats, f"cannot reach backend {stats.upstream}: {_reason(exc)}", sock)
+        self.relay(Relay(up, channel, stats, plain_is_downstream=False))
 
     def new_stats(self, peer, listener: TcpListener) -> ConnectionStats:
         return ConnectionStats(endpoint=self.path, mode=self.mode, downstream=format_addr(peer),

@@ -15,10 +15,8 @@ from typing import Iterable
 
 from tng_nfq.config.model import Egress, NetfilterEgress
 from tng_nfq.netfilter.plan import auto_port_candidates
-from tng_nfq.tunnel.channel import TlsError
-from tng_nfq.tunnel.endpoint import CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, Endpoint, StartError, TcpListener, format_addr
-from tng_nfq.tunnel.relay import Relay, set_nodelay
-from tng_nfq.tunnel.security import NotReady, TunnelSecurity
+from tng_nfq.tunnel.endpoint import Endpoint, StartError, TcpListener, format_addr
+from tng_nfq.tunnel.security import TunnelSecurity
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 SOCKADDR_IN_SIZE = 16
@@ -38,19 +36,6 @@ def parse_sockaddr_in(raw: bytes) -> tuple[str, int]:
 def original_destination(sock: socket.socket) -> tuple[str, int]:
     """Where the client meant to connect before the kernel redirected it to us."""
     return parse_sockaddr_in(sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, SOCKADDR_IN_SIZE))
-
-
-def marked_connection(address: tuple[str, int], so_mark: int, timeout: float) -> socket.socket:
-    """A TCP connection whose packets carry `so_mark` from the SYN on."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, so_mark)
-        sock.settimeout(timeout)
-        sock.connect(address)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 class NetfilterEgressEndpoint(Endpoint):
@@ -93,26 +78,5 @@ class NetfilterEgressEndpoint(Endpoint):
             # it to its "original destination" would connect to ourselves.
             return self.failed(stats, f"refused: original destination {stats.upstream} is this "
                                       "listener (loop)", sock)
-        set_nodelay(sock)
-        try:
-            channel = self.security.new_channel(sock, HANDSHAKE_TIMEOUT)
-        except NotReady as exc:
-            return self.failed(stats, str(exc), sock)
-        try:
-            channel.handshake(HANDSHAKE_TIMEOUT)
-            self.security.check_peer(channel, stats)
-        except (TlsError, OSError) as exc:
-            return self.failed(stats, str(exc), sock)
-        # The backend is dialled only once the peer has passed every check.
-        try:
-            up = marked_connection(target, self.mode_spec.so_mark, CONNECT_TIMEOUT)
-        except OSError as exc:
-            try:
-                channel.close_write()
-            except OSError:
-                pass
-            return self.failed(stats, f"cannot reach backend {stats.upstream}: "
-                                      f"{(exc.strerror or str(exc)).lower()}", sock)
-        up.settimeout(None)
-        set_nodelay(up)
-        self.relay(Relay(up, channel, stats, plain_is_downstream=False))
+        # the backend is dialled only once the peer has passed every check
+        self.tunnel_in(sock, stats, target, so_mark=self.mode_spec.so_mark)

@@ -30,7 +30,7 @@ from tng_nfq.config.model import HttpProxyIngress, Ingress
 from tng_nfq.http.filters import should_tunnel
 from tng_nfq.http.parser import HeadParser, ParseError, RequestHead, error_response
 from tng_nfq.tunnel.channel import TlsChannel, TlsError
-from tng_nfq.tunnel.endpoint import CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, Endpoint, TcpListener, format_addr
+from tng_nfq.tunnel.endpoint import HANDSHAKE_TIMEOUT, Endpoint, TcpListener, dial, format_addr
 from tng_nfq.tunnel.relay import CHUNK, CIPHERTEXT_CHUNK, PLAINTEXT_CHUNK, ConnectionStats, Relay, set_nodelay
 from tng_nfq.tunnel.reuse import BUFFERS, THREADS
 from tng_nfq.tunnel.security import NotReady, TunnelSecurity
@@ -224,13 +224,11 @@ class HttpProxyIngressEndpoint(Endpoint):
         stats.upstream = format_addr(dest)
         stats.encrypted = tunnel
         try:
-            sock = socket.create_connection(dest, timeout=CONNECT_TIMEOUT)
+            sock = dial(dest)
         except OSError as exc:
             what = "tunnel peer" if tunnel else "destination"
             self.failed(stats, f"cannot reach {what} {stats.upstream}: {_reason(exc)}")
             raise _Failed(502, f"cannot reach {stats.upstream}: {_reason(exc)}") from None
-        sock.settimeout(None)
-        set_nodelay(sock)
         channel = None
         if tunnel:
             try:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import socket
 
 from tng_nfq.config.model import Ingress, MappingIngress
-from tng_nfq.tunnel.channel import TlsError
-from tng_nfq.tunnel.endpoint import CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, Endpoint, TcpListener, format_addr
-from tng_nfq.tunnel.relay import Relay, set_nodelay
-from tng_nfq.tunnel.security import NotReady, TunnelSecurity
+from tng_nfq.tunnel.endpoint import Endpoint, TcpListener, format_addr
+from tng_nfq.tunnel.security import TunnelSecurity
 
 
 class MappingIngressEndpoint(Endpoint):
@@ -29,21 +27,4 @@ class MappingIngressEndpoint(Endpoint):
         stats = self.new_stats(peer, listener)
         upstream = self.mode_spec.upstream
         stats.upstream = format_addr((upstream.host, upstream.port))
-        set_nodelay(sock)
-        try:
-            up = socket.create_connection((upstream.host, upstream.port), timeout=CONNECT_TIMEOUT)
-        except OSError as exc:
-            return self.failed(stats, f"cannot reach tunnel peer {stats.upstream}: "
-                                      f"{(exc.strerror or str(exc)).lower()}", sock)
-        up.settimeout(None)
-        set_nodelay(up)
-        try:
-            channel = self.security.new_channel(up, HANDSHAKE_TIMEOUT)
-        except NotReady as exc:
-            return self.failed(stats, str(exc), sock, up)
-        try:
-            channel.handshake(HANDSHAKE_TIMEOUT)
-            self.security.check_peer(channel, stats)
-        except (TlsError, OSError) as exc:
-            return self.failed(stats, str(exc), sock, up)
-        self.relay(Relay(sock, channel, stats, plain_is_downstream=True))
+        self.tunnel_out(sock, stats, (upstream.host, upstream.port))

@@ -18,11 +18,9 @@ from typing import Iterable
 
 from tng_nfq.config.model import Ingress, NetfilterIngress
 from tng_nfq.netfilter.plan import auto_port_candidates
-from tng_nfq.tunnel.channel import TlsError
-from tng_nfq.tunnel.egress.netfilter import marked_connection, original_destination
-from tng_nfq.tunnel.endpoint import CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, Endpoint, StartError, TcpListener, format_addr
-from tng_nfq.tunnel.relay import Relay, set_nodelay
-from tng_nfq.tunnel.security import NotReady, TunnelSecurity
+from tng_nfq.tunnel.egress.netfilter import original_destination
+from tng_nfq.tunnel.endpoint import Endpoint, StartError, TcpListener, format_addr
+from tng_nfq.tunnel.security import TunnelSecurity
 
 IP_TRANSPARENT = 19  # linux/in.h
 
@@ -90,21 +88,4 @@ class NetfilterIngressEndpoint(Endpoint):
         if target[1] == self.listen_port and is_local_address(target[0]):
             return self.failed(stats, f"refused: original destination {stats.upstream} is this "
                                       "listener (loop)", sock)
-        set_nodelay(sock)
-        try:
-            up = marked_connection(target, self.mode_spec.so_mark, CONNECT_TIMEOUT)
-        except OSError as exc:
-            return self.failed(stats, f"cannot reach tunnel peer {stats.upstream}: "
-                                      f"{(exc.strerror or str(exc)).lower()}", sock)
-        up.settimeout(None)
-        set_nodelay(up)
-        try:
-            channel = self.security.new_channel(up, HANDSHAKE_TIMEOUT)
-        except NotReady as exc:
-            return self.failed(stats, str(exc), sock, up)
-        try:
-            channel.handshake(HANDSHAKE_TIMEOUT)
-            self.security.check_peer(channel, stats)
-        except (TlsError, OSError) as exc:
-            return self.failed(stats, str(exc), sock, up)
-        self.relay(Relay(sock, channel, stats, plain_is_downstream=True))
+        self.tunnel_out(sock, stats, target, so_mark=self.mode_spec.so_mark)
