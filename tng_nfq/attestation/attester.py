@@ -35,6 +35,8 @@ from tng_nfq.tunnel.tls import Identity
 log = structlog.get_logger(component="attester")
 
 CERT_VALIDITY_HOURS = 6.0
+AA_TIMEOUT = 50.0
+PER_HANDSHAKE_AA_TIMEOUT = 10.0  # below the 15 s handshake timeout
 RETRY_INITIAL = 1.0
 RETRY_MAX = 30.0
 
@@ -107,7 +109,10 @@ class Attester:
         spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
         runtime = runtime_data(pubkey_hash(spki))
         digest = runtime_data_hash(runtime, "sha384")
-        client = AttestationAgentClient(self.cfg.aa_addr)
+        # Per-handshake evidence must arrive within the handshake's own time
+        # budget; background refreshes may wait as long as upstream does (50 s).
+        aa_timeout = PER_HANDSHAKE_AA_TIMEOUT if self.cfg.refresh_interval == 0 else AA_TIMEOUT
+        client = AttestationAgentClient(self.cfg.aa_addr, timeout=aa_timeout)
         tee_type, evidence, additional = client.collect(digest)
         if self.cfg.model == "passport":
             from tng_nfq.attestation.as_client import AttestationServiceClient
