@@ -59,7 +59,12 @@ def main(ctx: click.Context, verbose: bool, log_format: str | None) -> None:
 @main.command()
 @_config_options
 def launch(config_file: str | None, config_content: str | None) -> None:
-    """Run the gateway until SIGTERM/SIGINT (then exit 0)."""
+    """Run the gateway until SIGTERM/SIGINT (then exit 0).
+
+    SIGHUP re-reads --config-file: unchanged endpoints keep running, removed
+    ones are drained, new ones start; a bad file is refused and logged while
+    the running configuration stays.
+    """
     from tng_nfq.daemon import Daemon
     from tng_nfq.tunnel.endpoint import StartError
     from tng_nfq.tunnel.security import SetupRefused
@@ -69,6 +74,7 @@ def launch(config_file: str | None, config_content: str | None) -> None:
         daemon = Daemon(config)
     except SetupRefused as exc:
         _fail(str(exc), EXIT_CONFIG)
+    daemon.config_path = config_file  # SIGHUP reloads it
     try:
         daemon.run()
     except StartError as exc:

@@ -8,6 +8,7 @@ in the third endpoint leaves nothing running from the first two.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 
@@ -68,6 +69,16 @@ def build_egress(spec: Egress, reserved_ports: frozenset[int] = frozenset()) -> 
     return MappingEgressEndpoint(spec, security)
 
 
+def endpoint_specs(config: Config) -> list:
+    """Ingress then egress specs, in the order `build` makes their endpoints."""
+    return [*config.ingress, *config.egress]
+
+
+def spec_key(spec) -> tuple:
+    """What makes two endpoint specs the same endpoint, wherever they sit in the lists."""
+    return (type(spec).__name__, dataclasses.replace(spec, index=0))
+
+
 def build(config: Config) -> list[Endpoint]:
     """Everything that can be decided without touching the host."""
     from tng_nfq.netfilter.plan import PlanError, build_plan, netfilter_paths, reserved_ports
@@ -88,6 +99,9 @@ class Daemon:
         self.config = config
         self.endpoints = build(config)
         self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._draining: list[Endpoint] = []  # removed by a reload, connections still open
+        self.config_path: str | None = None  # set by `launch --config-file`: SIGHUP reloads it
         self.ready = threading.Event()
         self.netfilter = None  # NetfilterRules once installed
         self.admin = None
@@ -163,6 +177,74 @@ class Daemon:
             log.info("ready", ingress=len(self.config.ingress), egress=len(self.config.egress))
             systemd.ready(f"serving: {len(self.config.ingress)} ingress, {len(self.config.egress)} egress")
 
+    def reload(self) -> None:
+        """SIGHUP: apply the configuration file again, or refuse it and keep running.
+
+        Endpoints whose spec is unchanged keep running untouched; removed ones
+        stop accepting and are drained (their connections run to their end);
+        new ones are bound, and started only if every one of them could bind.
+        Changes to netfilter endpoints or to the admin API need a restart:
+        replacing rules under live traffic is not done here.
+        """
+        from tng_nfq.config import ConfigError, load_config_file
+
+        if self.config_path is None:
+            log.error("reload refused", error="SIGHUP reloads --config-file only; this instance was "
+                                              "started with --config-content")
+            return
+        try:
+            new_config = load_config_file(self.config_path)
+            built = build(new_config)
+        except (ConfigError, SetupRefused) as exc:
+            log.error("reload refused; the running configuration stays", error=str(exc))
+            return
+        old_by_key = {spec_key(spec): ep for spec, ep in zip(endpoint_specs(self.config), self.endpoints)}
+        new_pairs = [(spec_key(spec), ep) for spec, ep in zip(endpoint_specs(new_config), built)]
+        netfilter_kinds = (NetfilterIngress, NetfilterEgress)
+
+        def netfilter_keys(keys):
+            return {k for k in keys if isinstance(k[1].mode, netfilter_kinds)}
+
+        if netfilter_keys(old_by_key) != netfilter_keys(k for k, _ in new_pairs):
+            log.error("reload refused; the running configuration stays",
+                      error="netfilter endpoints changed: that needs a restart")
+            return
+        if new_config.admin != self.config.admin:
+            log.error("reload refused; the running configuration stays",
+                      error="admin_bind/control_interface changed: that needs a restart")
+            return
+        added = [ep for key, ep in new_pairs if key not in old_by_key]
+        try:
+            for endpoint in added:
+                endpoint.bind()
+        except StartError as exc:
+            for endpoint in added:
+                endpoint.stop(grace=0)
+            log.error("reload refused; the running configuration stays", error=str(exc))
+            return
+        new_keys = {key for key, _ in new_pairs}
+        removed = [ep for key, ep in old_by_key.items() if key not in new_keys]
+        for endpoint in added:
+            endpoint.security.start()
+            endpoint.start()
+        self.endpoints[:] = [old_by_key.get(key, ep) for key, ep in new_pairs]  # admin sees the same list
+        self.config = new_config
+        for endpoint in removed:
+            self._draining.append(endpoint)
+            threading.Thread(target=self._drain, args=(endpoint,), name="drain", daemon=True).start()
+        log.info("reloaded", added=[e.path for e in added], removed=[e.path for e in removed],
+                 kept=len(self.endpoints) - len(added))
+        if added and any(e.security.attester is not None for e in added):
+            self.ready.clear()
+            threading.Thread(target=self._announce_ready, name="ready", daemon=True).start()
+
+    def _drain(self, endpoint: Endpoint) -> None:
+        endpoint.drain()
+        endpoint.security.stop()
+        if endpoint in self._draining:
+            self._draining.remove(endpoint)
+        log.info("drained", endpoint=endpoint.path)
+
     def request_stop(self, *_):
         self._stop.set()
 
@@ -170,6 +252,7 @@ class Daemon:
         """Start, serve until SIGTERM/SIGINT, stop cleanly."""
         # handlers first: a signal during start still ends in the cleanup below
         previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
         try:
             self.start()
         except BaseException:
@@ -183,13 +266,15 @@ class Daemon:
             # Short waits: a signal the kernel hands to another thread only
             # sets a flag that the main thread sees when it next runs Python.
             while not self._stop.wait(0.25):
-                pass
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self.reload()
             log.info("stopping", reason="signal")
         finally:
             self._stop.set()
             systemd.stopping()
             self._remove_rules()  # first: no new connection is steered to a closing listener
-            for endpoint in self.endpoints:
+            for endpoint in [*self.endpoints, *self._draining]:
                 endpoint.stop()
                 endpoint.security.stop()
             if self.admin is not None:

@@ -131,6 +131,14 @@ class Endpoint(abc.ABC):
             listener.thread.start()
             self.log.info("listening", address=format_addr(listener.address))
 
+    def drain(self) -> None:
+        """Stop accepting; let the open connections run to their end."""
+        self._stopping.set()
+        for listener in self.listeners:
+            listener.close()
+        with self._idle:
+            self._idle.wait_for(lambda: self._in_flight == 0)
+
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, close every connection, wait for the handlers."""
         self._stopping.set()
