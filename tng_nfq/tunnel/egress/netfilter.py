@@ -38,6 +38,19 @@ def original_destination(sock: socket.socket) -> tuple[str, int]:
     return parse_sockaddr_in(sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, SOCKADDR_IN_SIZE))
 
 
+def listen_redirect_port(endpoint: Endpoint, listen_port: int | None, reserved: Iterable[int]) -> TcpListener:
+    """The listener netfilter steers to: `listen_port`, or the first free port from 40000 up."""
+    path = f"{endpoint.path}.netfilter.listen_port"
+    if listen_port is not None:
+        return endpoint.listen("0.0.0.0", listen_port, path)
+    for port in auto_port_candidates(reserved):
+        try:
+            return endpoint.listen("0.0.0.0", port, path)
+        except StartError:
+            continue
+    raise StartError(f"{path}: no free port from 40000 up")
+
+
 class NetfilterEgressEndpoint(Endpoint):
     kind = "egress"
 
@@ -54,17 +67,7 @@ class NetfilterEgressEndpoint(Endpoint):
         return self.listeners[0].address[1]
 
     def bind(self) -> None:
-        path = f"{self.path}.netfilter.listen_port"
-        if self.mode_spec.listen_port is not None:
-            self.listen("0.0.0.0", self.mode_spec.listen_port, path)
-            return
-        for port in auto_port_candidates(self.reserved_ports):
-            try:
-                self.listen("0.0.0.0", port, path)
-                return
-            except StartError:
-                continue
-        raise StartError(f"{path}: no free port from 40000 up")
+        listen_redirect_port(self, self.mode_spec.listen_port, self.reserved_ports)
 
     def handle(self, sock: socket.socket, peer, listener: TcpListener) -> None:
         stats = self.new_stats(peer, listener)

@@ -17,8 +17,7 @@ import socket
 from typing import Iterable
 
 from tng_nfq.config.model import Ingress, NetfilterIngress
-from tng_nfq.netfilter.plan import auto_port_candidates
-from tng_nfq.tunnel.egress.netfilter import original_destination
+from tng_nfq.tunnel.egress.netfilter import listen_redirect_port, original_destination
 from tng_nfq.tunnel.endpoint import Endpoint, StartError, TcpListener, format_addr
 from tng_nfq.tunnel.security import TunnelSecurity
 
@@ -56,17 +55,7 @@ class NetfilterIngressEndpoint(Endpoint):
 
     def bind(self) -> None:
         path = f"{self.path}.netfilter.listen_port"
-        if self.mode_spec.listen_port is not None:
-            listener = self.listen("0.0.0.0", self.mode_spec.listen_port, path)
-        else:
-            for port in auto_port_candidates(self.reserved_ports):
-                try:
-                    listener = self.listen("0.0.0.0", port, path)
-                    break
-                except StartError:
-                    continue
-            else:
-                raise StartError(f"{path}: no free port from 40000 up")
+        listener = listen_redirect_port(self, self.mode_spec.listen_port, self.reserved_ports)
         if self.transparent:
             # TPROXY only hands packets to a transparent socket (checked at
             # lookup time, so setting it after bind is enough).
