@@ -197,7 +197,7 @@ def test_as_unreachable(lab, att):
 @pytest.mark.parametrize("mode, error", [
     ("garbage", "answered something that is not a token"),
     ("5xx", "HTTP 503: upstream attestation backend unavailable"),
-    ("raw", "unreachable: "),
+    ("raw", "is not an HTTP server ("),
 ])
 def test_as_answers_badly(lab, att, mode, error):
     rig = Rig(lab, att)

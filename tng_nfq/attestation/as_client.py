@@ -308,6 +308,13 @@ class AttestationServiceClient:
             raise self._fail("unreachable: connection refused") from None
         except ssl.SSLError as exc:
             raise self._fail(f"TLS error: {exc.reason or exc}") from None
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            # The TCP connection was made (connect errors are raised before
+            # any byte is written), so the peer is up but hung up on an HTTP
+            # request: typically a different protocol on that port.
+            raise self._fail(f"is not an HTTP server (it hung up on the request: {exc.strerror or exc})") from None
+        except (http.client.BadStatusLine, http.client.LineTooLong) as exc:
+            raise self._fail(f"is not an HTTP server (it answered {_one_line(str(exc))})") from None
         except (OSError, http.client.HTTPException) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or type(exc).__name__)
             raise self._fail(f"unreachable: {reason}") from None
