@@ -322,11 +322,16 @@ def test_no_ra_ingress_to_verifying_egress(lab, att, impl):
     rig.start(bad_egress={"verify": verify_bg(server_as)})
     cfg = {"add_ingress": [ingress(IN_BAD, TUN_BAD, {"no_ra": True})]}
     if impl == "tng_nfq":
-        lab.start_nfq(lab.client, cfg, "no-ra-ingress")
+        client = lab.start_nfq(lab.client, cfg, "no-ra-ingress")
     else:
         lab.start_upstream(lab.client, cfg, "up-no-ra-ingress")
     reply, _ = att.exchange(IN_BAD, SECRET)
     assert reply == b""
+    if impl == "tng_nfq":
+        # the client finished its side of the TLS 1.3 handshake before the
+        # server judged it, so it learns why only from the server's alert
+        (mine,) = client.wait_access(1)
+        assert mine["error"] == "peer refused the session: tlsv13 alert certificate required", mine
     (line,) = rig.egress.wait_access(1, where=lambda e: e["listener"] == f"{lab.SERVER_ADDR}:{TUN_BAD}")
     assert line["outcome"] == "error" and line["bytes_up"] == line["bytes_down"] == 0, line
     # neither ours nor upstream's no_ra client answers the certificate request

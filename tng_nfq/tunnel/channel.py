@@ -15,6 +15,7 @@ call. cffi releases the GIL inside each OpenSSL call.
 
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 import time
@@ -31,6 +32,9 @@ RECORD_OVERHEAD = 22
 
 _WANT_READ = lib.SSL_ERROR_WANT_READ
 _ZERO_RETURN = lib.SSL_ERROR_ZERO_RETURN
+
+
+_PEER_GONE = (errno.ENOTCONN, errno.EPIPE, errno.ECONNRESET)
 
 
 class TlsError(Exception):
@@ -182,7 +186,12 @@ class TlsChannel:
                     if total:
                         break  # hand over the data first; EOF on the next call
                     raise EOFError("close_notify")
-                raise TlsError(f"decrypt failed: {_ssl_error_text()}")
+                reason = _ssl_error_text()
+                if "alert" in reason:
+                    # e.g. TLS 1.3 "certificate required": the server judges
+                    # the client only after the client's handshake finished.
+                    raise TlsError(f"peer refused the session: {reason}")
+                raise TlsError(f"decrypt failed: {reason}")
             # Reading may make OpenSSL answer (e.g. a KeyUpdate); send that too.
             scratch = _scratch()
             pending = lib.BIO_read(self._bio_out, scratch.ptr, SCRATCH)
@@ -209,6 +218,13 @@ class TlsChannel:
             if pending > 0:
                 self.sock.sendall(scratch.view[:pending])
             self.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            # The peer is already gone (it reset, or answered with an alert
+            # and closed). Our half is closed either way; the reading
+            # direction sees the alert or the reset and reports the real
+            # reason, which "not connected" here would hide.
+            if exc.errno not in _PEER_GONE:
+                raise
         finally:
             self._send_lock.release()
 
