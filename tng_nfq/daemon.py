@@ -180,13 +180,24 @@ class Daemon:
     def reload(self) -> None:
         """SIGHUP: apply the configuration file again, or refuse it and keep running.
 
-        Endpoints whose spec is unchanged keep running untouched; removed ones
-        stop accepting and are drained (their connections run to their end);
-        new ones are bound, and started only if every one of them could bind.
-        Changes to netfilter endpoints or to the admin API need a restart:
-        replacing rules under live traffic is not done here.
+        Endpoints whose spec is unchanged keep running untouched (listeners,
+        connections, redirect ports); new ones are bound first, all or none.
+        Then the netfilter rules are replaced: classifier workers for new
+        queues bind, policy routing the new rules need is added, one
+        iptables-restore --noflush transaction per table swaps our chains
+        (the jumps at position 1 stay), then routing and workers only the old
+        rules used go (NetfilterRules.replace). Only then do the new
+        endpoints accept and the removed ones drain (stop accepting, their
+        connections run to their end). A failure anywhere (a port taken, a
+        rule the kernel refuses) leaves the old rules and endpoints as they
+        were, with one log line. Admin API changes need a restart.
         """
         from tng_nfq.config import ConfigError, load_config_file
+        from tng_nfq.netfilter.apply import ApplyError, NetfilterRules, plan_for_reload
+        from tng_nfq.netfilter.plan import PlanError
+
+        def refuse(error: str) -> None:
+            log.error("reload refused; the running configuration stays", error=error)
 
         if self.config_path is None:
             log.error("reload refused", error="SIGHUP reloads --config-file only; this instance was "
@@ -196,23 +207,14 @@ class Daemon:
             new_config = load_config_file(self.config_path)
             built = build(new_config)
         except (ConfigError, SetupRefused) as exc:
-            log.error("reload refused; the running configuration stays", error=str(exc))
-            return
-        old_by_key = {spec_key(spec): ep for spec, ep in zip(endpoint_specs(self.config), self.endpoints)}
-        new_pairs = [(spec_key(spec), ep) for spec, ep in zip(endpoint_specs(new_config), built)]
-        netfilter_kinds = (NetfilterIngress, NetfilterEgress)
-
-        def netfilter_keys(keys):
-            return {k for k in keys if isinstance(k[1].mode, netfilter_kinds)}
-
-        if netfilter_keys(old_by_key) != netfilter_keys(k for k, _ in new_pairs):
-            log.error("reload refused; the running configuration stays",
-                      error="netfilter endpoints changed: that needs a restart")
+            refuse(str(exc))
             return
         if new_config.admin != self.config.admin:
-            log.error("reload refused; the running configuration stays",
-                      error="admin_bind/control_interface changed: that needs a restart")
+            refuse("admin_bind/control_interface changed: that needs a restart")
             return
+        new_specs = endpoint_specs(new_config)
+        old_by_key = {spec_key(spec): ep for spec, ep in zip(endpoint_specs(self.config), self.endpoints)}
+        new_pairs = [(spec_key(spec), ep) for spec, ep in zip(new_specs, built)]
         added = [ep for key, ep in new_pairs if key not in old_by_key]
         try:
             for endpoint in added:
@@ -220,14 +222,38 @@ class Daemon:
         except StartError as exc:
             for endpoint in added:
                 endpoint.stop(grace=0)
-            log.error("reload refused; the running configuration stays", error=str(exc))
+            refuse(str(exc))
             return
+        endpoints = [old_by_key.get(key, ep) for key, ep in new_pairs]
         new_keys = {key for key, _ in new_pairs}
         removed = [ep for key, ep in old_by_key.items() if key not in new_keys]
+
+        # the rules: replaced in place, installed afresh, or removed
+        current = self.netfilter
+        remove_rules = False
+        try:
+            plan = plan_for_reload(new_config, zip(new_specs, endpoints),
+                                   current.plan if current is not None else None)
+            if current is not None and not plan.empty:
+                current.replace(plan)
+            elif current is None and not plan.empty:
+                fresh = NetfilterRules(plan)
+                fresh.install()
+                self.netfilter = fresh
+            elif current is not None:
+                remove_rules = True  # after the switch below: cannot fail
+        except (ApplyError, PlanError) as exc:
+            for endpoint in added:
+                endpoint.stop(grace=0)
+            refuse(str(exc))
+            return
+        if remove_rules:
+            self._remove_rules()
+
         for endpoint in added:
             endpoint.security.start()
             endpoint.start()
-        self.endpoints[:] = [old_by_key.get(key, ep) for key, ep in new_pairs]  # admin sees the same list
+        self.endpoints[:] = endpoints  # admin sees the same list
         self.config = new_config
         for endpoint in removed:
             self._draining.append(endpoint)

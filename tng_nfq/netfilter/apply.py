@@ -74,6 +74,88 @@ class NetfilterRules:
             self.classifier = ClassifierPool(self.plan)
             self.classifier.start()
 
+    def replace(self, new: RulePlan) -> None:
+        """Reload: turn the installed rules into `new`'s, or raise ApplyError
+        with the old rules, routing and classifier workers exactly as they were.
+
+        Order: classifier workers for queues only `new` uses are bound, policy
+        routing only `new` needs is added, then one iptables-restore --noflush
+        transaction per table replaces our chains (see RulePlan.replace_text:
+        the jumps at position 1 stay where both plans have them); after all
+        tables went in, routing and workers only the old plan used go."""
+        old = self.plan
+        if not self.installed or new.empty:
+            raise ApplyError("internal: replace() needs installed rules and a non-empty plan")
+        if new == old:
+            return
+        assert self.iptables is not None
+        pool = self.classifier
+        started: list[int] = []
+        if new.queue_nums and pool is None:
+            from tng_nfq.netfilter.workers import ClassifierPool
+
+            pool = ClassifierPool(new)
+            pool.start()
+            started = list(new.queue_nums)
+        elif pool is not None:
+            started = pool.prepare(new)
+        routes_added = bool(new.policy_routes) and not old.policy_routes
+        done: list[str] = []
+        try:
+            if routes_added:
+                routing.install(new.policy_routes)
+            existing = self.iptables.state()
+            made = [t for t in new.tables() if t not in existing]
+            for table, text in old.replacement(new).items():
+                self.iptables.apply((marker_text([table]) if table in made else "") + text)
+                done.append(table)
+        except (IptablesError, routing.RoutingError, OSError) as exc:
+            problems = self._roll_back(old, new, done, routes_added)
+            if pool is not None and pool is not self.classifier:
+                pool.stop()
+            elif pool is not None:
+                pool.abandon(started)
+            detail = f" (and rolling back failed: {'; '.join(problems)})" if problems else ""
+            raise ApplyError(f"cannot replace netfilter rules: {exc}{detail}") from None
+        self.new_tables += [t for t in made if t not in self.new_tables]
+        self.plan = new
+        if old.policy_routes and not new.policy_routes:
+            try:
+                routing.sweep()
+            except (routing.RoutingError, OSError) as exc:
+                log.warning("could not remove the policy routing the new rules no longer need",
+                            error=str(exc))
+        retired: list[int] = []
+        if pool is not None:
+            if new.queue_nums:
+                retired = pool.commit(new)
+                self.classifier = pool
+            else:
+                pool.stop()
+                retired = list(old.queue_nums)
+                self.classifier = None
+        log.info("netfilter rules replaced", endpoints=[e.path for e in new.endpoints],
+                 tables=done, chains={t: new.chains(t) for t in new.tables()},
+                 queues_added=started, queues_retired=retired,
+                 policy_routing=new.routing_commands())
+
+    def _roll_back(self, old: RulePlan, new: RulePlan, done: list[str], routes_added: bool) -> list[str]:
+        """Undo the tables of a replacement that went in (newest first) and the
+        routing it added; what could not be undone, one line each."""
+        assert self.iptables is not None
+        problems = []
+        for table in reversed(done):
+            try:
+                self.iptables.apply(new.replace_text(old, table))
+            except IptablesError as exc:
+                problems.append(f"{table}: {exc}")
+        if routes_added:
+            try:
+                routing.sweep()
+            except (routing.RoutingError, OSError) as exc:
+                problems.append(f"policy routing: {exc}")
+        return problems
+
     def status(self) -> dict:
         """For the admin API: what is installed and how the classifier fares."""
         return {"installed": self.installed, "chains": {t: self.plan.chains(t) for t in self.plan.tables()},
@@ -140,3 +222,16 @@ def rules_for(config, endpoints) -> NetfilterRules | None:
     ports = {e.path: e.listen_port for e in endpoints if getattr(e, "mode", None) == "netfilter"}
     plan = build_plan(config, ports, queues=default_queue_count())
     return None if plan.empty else NetfilterRules(plan)
+
+
+def plan_for_reload(config, specs_and_endpoints, previous: RulePlan | None) -> RulePlan:
+    """The plan a reload installs: `config` with the listen ports of the
+    endpoints it will run, given as (spec of the new config, endpoint) pairs -
+    an endpoint kept from before still carries its old path and port."""
+    from tng_nfq.netfilter.plan import replan
+
+    from tng_nfq.netfilter.workers import default_queue_count
+
+    ports = {spec.path: ep.listen_port for spec, ep in specs_and_endpoints
+             if getattr(ep, "mode", None) == "netfilter"}
+    return replan(config, ports, default_queue_count(), previous)

@@ -64,6 +64,11 @@ RULE_PRIORITY = 5650
 # in TAG_MASK; mangle saves both into the connection's conntrack mark.
 QUEUE_BASE = 5650
 MAX_QUEUES = 64
+# Two banks of queue numbers: a reload that changes what the classifier
+# names moves to the other bank, so the new workers (started with the new
+# endpoint list) bind before the rules that use them, and the old ones stop
+# after the rules no longer reference them.
+QUEUE_BANKS = (QUEUE_BASE, QUEUE_BASE + MAX_QUEUES)
 DECIDED_MARK = 0x01000000
 TAG_MASK = 0x00FF0000
 TAG_SHIFT = 16
@@ -220,6 +225,44 @@ class RulePlan:
             lines += [f"-X {chain}" for chain in chains]
             lines.append("COMMIT")
         return "".join(f"{line}\n" for line in lines)
+
+    def queue_base(self) -> int:
+        return self.queue_nums[0] if self.queue_nums else QUEUE_BASE
+
+    def replace_text(self, new: "RulePlan", table: str) -> str:
+        """iptables-restore --noflush input turning this plan's rules in `table`
+        into `new`'s in one transaction; empty when nothing changes there.
+
+        Kept chains (dispatchers included) are flushed and refilled, new ones
+        declared, the jump at position 1 of a built-in chain is left alone
+        when both plans have it (so an unchanged endpoint is steered at every
+        instant), added or dropped otherwise; chains only the old plan has
+        are flushed, then deleted once nothing refers to them."""
+        old_chains = self.chains(table) if table in self.tables() else []
+        new_chains = new.chains(table) if table in new.tables() else []
+        old_jumps = [j for j in self.jumps if j.table == table]
+        new_jumps = [j for j in new.jumps if j.table == table]
+        if (old_chains == new_chains and old_jumps == new_jumps
+                and self.rules(table) == new.rules(table)):
+            return ""
+        gone = [c for c in old_chains if c not in new_chains]
+        lines = [f"*{table}"]
+        lines += [f":{c} - [0:0]" for c in new_chains if c not in old_chains]
+        lines += [f"-F {c}" for c in new_chains if c in old_chains]
+        lines += [f"-F {c}" for c in gone]
+        lines += [r.line() for r in new.rules(table)]
+        lines += [j.delete_line() for j in old_jumps if j not in new_jumps]
+        lines += [j.insert_line() for j in new_jumps if j not in old_jumps]
+        lines += [f"-X {c}" for c in gone]
+        lines.append("COMMIT")
+        return "".join(f"{line}\n" for line in lines)
+
+    def replacement(self, new: "RulePlan") -> dict[str, str]:
+        """{table: replace_text} for every table either plan uses and whose
+        rules change, in TABLE_ORDER (one transaction each)."""
+        used = set(self.tables()) | set(new.tables())
+        out = {t: self.replace_text(new, t) for t in TABLE_ORDER if t in used}
+        return {t: text for t, text in out.items() if text}
 
     def routing_commands(self) -> list[str]:
         return [c for route in self.policy_routes for c in route.commands()]
@@ -384,10 +427,10 @@ class _Steering:
         return [Rule(table, f"{CHAIN_PREFIX}{builtin}", f"{cond}-j {self.chain}") for builtin, cond in self.hooks]
 
 
-def _queue_target(queues: int) -> str:
+def _queue_target(queues: int, base: int = QUEUE_BASE) -> str:
     if queues == 1:
-        return f"-j NFQUEUE --queue-num {QUEUE_BASE} --queue-bypass"
-    return f"-j NFQUEUE --queue-balance {QUEUE_BASE}:{QUEUE_BASE + queues - 1} --queue-bypass"
+        return f"-j NFQUEUE --queue-num {base} --queue-bypass"
+    return f"-j NFQUEUE --queue-balance {base}:{base + queues - 1} --queue-bypass"
 
 
 def _mark_return(so_mark: int) -> str:
@@ -430,14 +473,14 @@ def _ingress_steering(path: str, index: int, mode: NetfilterIngress, port: int) 
 
 
 def _endpoint(path: str, direction: str, mode, port: int, steerings: list[_Steering],
-              queues: int) -> tuple[EndpointPlan, list[Rule], list[Rule]]:
+              queues: int, queue_base: int = QUEUE_BASE) -> tuple[EndpointPlan, list[Rule], list[Rule]]:
     """The endpoint's plan, its steering dispatch rules, its queue dispatch rules."""
     chains = [(s.table, s.chain) for s in steerings]
     rules = [r for s in steerings for r in s.rules()]
     dispatch = [r for s in steerings for r in s.dispatch(s.table)]
     queue_dispatch: list[Rule] = []
     if queues:
-        target = _queue_target(queues)
+        target = _queue_target(queues, queue_base)
         chains += [("raw", s.chain) for s in steerings]
         rules += [r for s in steerings for r in s.queue_rules(target)]
         queue_dispatch = [r for s in steerings for r in s.dispatch("raw")]
@@ -445,16 +488,21 @@ def _endpoint(path: str, direction: str, mode, port: int, steerings: list[_Steer
     matches = tuple((builtin, c.host, c.port) for s in steerings for builtin, _ in s.hooks for c in s.captures)
     plan = EndpointPlan(path=path, direction=direction, listen_port=port, so_mark=mode.so_mark,
                         chains=tuple(chains), rules=tuple(rules), steering=steering,
-                        queue_nums=tuple(range(QUEUE_BASE, QUEUE_BASE + queues)), matches=matches)
+                        queue_nums=tuple(range(queue_base, queue_base + queues)), matches=matches)
     return plan, dispatch, queue_dispatch
 
 
-def build_plan(config: Config, listen_ports: Mapping[str, int], queues: int = 0) -> RulePlan:
+def build_plan(config: Config, listen_ports: Mapping[str, int], queues: int = 0,
+               queue_base: int = QUEUE_BASE) -> RulePlan:
     """The rules for `config`, given the listen port of every netfilter endpoint
     (configured or chosen at start, see resolve_listen_ports) and the number of
-    classifier queues (0: no NFQUEUE classifier)."""
+    classifier queues (0: no NFQUEUE classifier). `queue_base` is QUEUE_BASE or,
+    after a reload that changed what the classifier names (see
+    next_queue_base), the other bank of queue numbers."""
     if not 0 <= queues <= MAX_QUEUES:
         raise PlanError("queues", f"must be 0..{MAX_QUEUES}, not {queues}")
+    if queue_base not in QUEUE_BANKS:
+        raise PlanError("queues", f"queue base must be one of {QUEUE_BANKS}, not {queue_base}")
     endpoints: list[EndpointPlan] = []
     dispatch: list[Rule] = []
     queue_dispatch: list[Rule] = []
@@ -469,7 +517,7 @@ def build_plan(config: Config, listen_ports: Mapping[str, int], queues: int = 0)
         if isinstance(spec.mode, NetfilterIngress):
             port = port_of(spec.path, spec.mode.listen_port)
             ep, d, q = _endpoint(spec.path, "ingress", spec.mode, port,
-                                 _ingress_steering(spec.path, spec.index, spec.mode, port), queues)
+                                 _ingress_steering(spec.path, spec.index, spec.mode, port), queues, queue_base)
             endpoints.append(ep)
             dispatch += d
             queue_dispatch += q
@@ -477,7 +525,7 @@ def build_plan(config: Config, listen_ports: Mapping[str, int], queues: int = 0)
         if isinstance(spec.mode, NetfilterEgress):
             port = port_of(spec.path, spec.mode.listen_port)
             ep, d, q = _endpoint(spec.path, "egress", spec.mode, port,
-                                 _egress_steering(spec.index, spec.mode, port), queues)
+                                 _egress_steering(spec.index, spec.mode, port), queues, queue_base)
             endpoints.append(ep)
             dispatch += d
             queue_dispatch += q
@@ -506,3 +554,18 @@ def build_plan(config: Config, listen_ports: Mapping[str, int], queues: int = 0)
         routes = (PolicyRoute(TPROXY_MARK, TPROXY_MASK, ROUTE_TABLE, RULE_PRIORITY),)
     return RulePlan(endpoints=tuple(endpoints), jumps=tuple(jumps), dispatch_rules=tuple(dispatch),
                     policy_routes=routes)
+
+
+def replan(config: Config, listen_ports: Mapping[str, int], queues: int,
+           previous: RulePlan | None) -> RulePlan:
+    """The plan a reload installs in place of `previous`: the same queue
+    numbers while the classifier names the same endpoints (its workers keep
+    running), the other bank when what it names changed (new workers with the
+    new endpoint list bind there before the rules switch to them)."""
+    base = previous.queue_base() if previous is not None else QUEUE_BASE
+    plan = build_plan(config, listen_ports, queues=queues, queue_base=base)
+    if (previous is not None and previous.queue_nums and plan.queue_nums
+            and plan.classifier_spec() != previous.classifier_spec()):
+        other = QUEUE_BANKS[1] if base == QUEUE_BANKS[0] else QUEUE_BANKS[0]
+        plan = build_plan(config, listen_ports, queues=queues, queue_base=other)
+    return plan

@@ -49,8 +49,10 @@ def default_queue_count() -> int:
 
 
 class _Worker:
-    def __init__(self, queue: int):
+    def __init__(self, queue: int, spec: str):
         self.queue = queue
+        self.spec = spec  # classifier_spec() JSON it was started with
+        self.retired = False  # stopped by a reload: never restarted
         self.proc: subprocess.Popen | None = None
         self.last_beat = 0.0
         self.bound = threading.Event()
@@ -64,7 +66,7 @@ class ClassifierPool:
     def __init__(self, plan: RulePlan):
         self.plan = plan
         self.spec = json.dumps(plan.classifier_spec())
-        self.workers = [_Worker(q) for q in plan.queue_nums]
+        self.workers = [_Worker(q, self.spec) for q in plan.queue_nums]
         self.flows: collections.OrderedDict[tuple[str, str], dict] = collections.OrderedDict()
         self.flow_count = 0
         self._lock = threading.Lock()
@@ -81,25 +83,84 @@ class ClassifierPool:
         that cannot bind is logged, not fatal: its queue is bypassed."""
         for worker in self.workers:
             self._spawn(worker)
-        deadline = time.monotonic() + wait
-        for worker in self.workers:
-            worker.bound.wait(max(0.0, deadline - time.monotonic()))
-        unbound = [w.queue for w in self.workers if not w.bound.is_set()]
-        if unbound:
-            log.error("classifier queues not bound; the kernel bypasses them (captured traffic is "
-                      "still steered into the tunnel)", queues=unbound)
+        self._wait_bound(self.workers, wait)
         log.info("classifier started", queues=[w.queue for w in self.workers], pids=self.pids(),
                  fail_open_ack={str(w.queue): w.flags_ack for w in self.workers})
         self._watchdog = threading.Thread(target=self._watch, name="classifier-watchdog", daemon=True)
         self._watchdog.start()
 
+    def _wait_bound(self, workers: list[_Worker], wait: float) -> None:
+        deadline = time.monotonic() + wait
+        for worker in workers:
+            worker.bound.wait(max(0.0, deadline - time.monotonic()))
+        unbound = [w.queue for w in workers if not w.bound.is_set()]
+        if unbound:
+            log.error("classifier queues not bound; the kernel bypasses them (captured traffic is "
+                      "still steered into the tunnel)", queues=unbound)
+
+    # -- reload: add the new plan's queues before its rules, retire the old after --
+
+    def prepare(self, plan: RulePlan, wait: float = 5.0) -> list[int]:
+        """Before the rules of `plan` go in: start (and wait for) workers on
+        the queues of `plan` that have none yet, with `plan`'s endpoint list.
+        Workers on queues both plans use keep running. Returns the queues
+        started here (what `abandon` undoes if the rules do not go in)."""
+        spec = json.dumps(plan.classifier_spec())
+        with self._lock:
+            held = {w.queue for w in self.workers}
+        added = [_Worker(q, spec) for q in plan.queue_nums if q not in held]
+        for worker in added:
+            self._spawn(worker)
+        with self._lock:
+            self.workers += added
+        self._wait_bound(added, wait)
+        if added:
+            log.info("classifier queues added", queues=[w.queue for w in added],
+                     pids=[w.proc.pid for w in added if w.proc is not None])
+        return [w.queue for w in added]
+
+    def commit(self, plan: RulePlan) -> list[int]:
+        """After the rules of `plan` went in: stop the workers on queues it no
+        longer references. Returns those queues."""
+        keep = set(plan.queue_nums)
+        self.plan = plan
+        self.spec = json.dumps(plan.classifier_spec())
+        return self.retire([q for q in self.queues() if q not in keep])
+
+    def abandon(self, queues: list[int]) -> None:
+        """The rules did not go in: stop the workers `prepare` started."""
+        self.retire(queues)
+
+    def retire(self, queues: list[int]) -> list[int]:
+        with self._lock:
+            gone = [w for w in self.workers if w.queue in queues]
+            for worker in gone:
+                worker.retired = True
+            self.workers = [w for w in self.workers if w not in gone]
+        self._terminate(gone)
+        if gone:
+            log.info("classifier queues retired", queues=[w.queue for w in gone])
+        return [w.queue for w in gone]
+
+    def queues(self) -> list[int]:
+        with self._lock:
+            return [w.queue for w in self.workers]
+
     def stop(self) -> None:
         self._stop.set()
-        for worker in self.workers:
+        with self._lock:
+            workers = list(self.workers)
+        self._terminate(workers)
+        log.info("classifier stopped", flows_classified=self.flow_count,
+                 restarts={str(w.queue): w.restarts for w in workers})
+
+    @staticmethod
+    def _terminate(workers: list[_Worker]) -> None:
+        for worker in workers:
             proc = worker.proc
             if proc is not None and proc.poll() is None:
                 proc.terminate()
-        for worker in self.workers:
+        for worker in workers:
             proc = worker.proc
             if proc is not None:
                 try:
@@ -107,11 +168,11 @@ class ClassifierPool:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-        log.info("classifier stopped", flows_classified=self.flow_count,
-                 restarts={str(w.queue): w.restarts for w in self.workers})
 
     def pids(self) -> list[int]:
-        return [w.proc.pid for w in self.workers if w.proc is not None and w.proc.poll() is None]
+        with self._lock:
+            workers = list(self.workers)
+        return [w.proc.pid for w in workers if w.proc is not None and w.proc.poll() is None]
 
     def status(self) -> dict:
         with self._lock:
@@ -132,7 +193,7 @@ class ClassifierPool:
         worker.last_beat = time.monotonic()
         worker.proc = subprocess.Popen(
             [sys.executable, "-m", "tng_nfq.netfilter.worker", "--queue", str(worker.queue),
-             "--spec", self.spec, "--maxlen", str(self.maxlen)],
+             "--spec", worker.spec, "--maxlen", str(self.maxlen)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=None, text=True)
         worker.dead_since = None
         threading.Thread(target=self._read, args=(worker, worker.proc), name=f"classifier-{worker.queue}",
@@ -171,9 +232,11 @@ class ClassifierPool:
     def _watch(self) -> None:
         while not self._stop.wait(0.2):
             now = time.monotonic()
-            for worker in self.workers:
+            with self._lock:
+                workers = list(self.workers)
+            for worker in workers:
                 proc = worker.proc
-                if proc is None or self._stop.is_set():  # stopping: exits are expected
+                if proc is None or self._stop.is_set() or worker.retired:  # exits are expected
                     continue
                 if proc.poll() is None:
                     if now - worker.last_beat > self.stall_timeout:
@@ -190,6 +253,6 @@ class ClassifierPool:
                     log.warning("classifier worker exited; its queue is bypassed until it is restarted",
                                 queue=worker.queue, code=proc.returncode)
                 delay = min(self.restart_delay * 2 ** min(worker.failures, 6), 30.0)
-                if now - worker.dead_since >= delay and not self._stop.is_set():
+                if now - worker.dead_since >= delay and not self._stop.is_set() and not worker.retired:
                     worker.restarts += 1
                     self._spawn(worker)
