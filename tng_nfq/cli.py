@@ -222,5 +222,8 @@ def demo() -> None:
     sys.exit(run_demo())
 
 
+from tng_nfq.lab.cli import lab  # noqa: E402  (the `tng-nfq lab` group)
+main.add_command(lab)
+
 if __name__ == "__main__":
     main()

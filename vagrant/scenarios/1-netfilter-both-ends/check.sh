@@ -1,0 +1,14 @@
+# After the client's request: what each side saw.
+case $ROLE in
+gateway)
+  capture_check
+  n=$(grep -c '"event": "attestation request"' "$STATE/as.log" || true)
+  say "the Attestation Service appraised $n evidence(s)"
+  [ "$n" -ge 1 ] || fail "the Attestation Service never appraised the server"
+  ;;
+server)
+  check_access tng-egress no
+  grep -q "GET /$LAB_MARKER.txt" "$STATE/http-8080.log" || fail "the backend never saw the request"
+  pass "the backend served the request (delivered by the netfilter egress)"
+  ;;
+esac

@@ -1,0 +1,23 @@
+# Client: a netfilter ingress that captures port 8080 and verifies the
+# server against the gateway's Attestation Service (use case 2, client side),
+# then unmodified curl to the server's real address and port.
+tng_nfq tng-ingress '{
+  "admin_bind": {"host": "127.0.0.1", "port": '"$ADMIN_PORT"'},
+  "add_ingress": [{
+    "netfilter": {"capture_dst": {"port": 8080}},
+    "verify": {"as_addr": "http://'"$GATEWAY_CLIENT_SIDE_IP:$AS_PORT"'/", "policy_ids": ["default"]}
+  }]
+}'
+url="http://$SERVER_IP:8080/$LAB_MARKER.txt"
+say "curl $url"
+response=$(curl -sS --fail --max-time 20 "$url") || { log_tail tng-ingress; fail "curl $url"; }
+say "response: $response"
+[ "$response" = "hello from the server backend, $LAB_MARKER" ] || fail "unexpected response"
+pass "the response came back through the tunnel"
+check_access tng-ingress yes
+pass "the server was attested before a byte was forwarded"
+say "admin API /flows (live connections and the NFQUEUE classifier's recent decisions):"
+admin /flows | sed "s/^/[$ROLE]   /"
+verified=$(admin /status | "$PY" -c 'import json,sys; print(sum(e["attestation"]["verifier"]["verified"] for e in json.load(sys.stdin)["ingress"]))')
+say "admin API /status: verifier verified $verified peer(s)"
+[ "$verified" -ge 1 ] || fail "/status shows no verification"
