@@ -269,3 +269,15 @@ def test_mutated_rfc_examples_only_ohttp_error(wire, data):
         else:
             mutated[at:at] = data.draw(st.binary(min_size=1, max_size=4))
     _only_ohttp_error(bytes(mutated), data.draw(st.lists(st.integers(0, 300), max_size=3)))
+
+
+def test_header_section_left_out_as_in_rfc9458():
+    # RFC 9458 Appendix A's request ends right after the path.
+    wire = bytes.fromhex("00034745540568747470730b6578616d706c652e636f6d012f")
+    assert bhttp.decode(wire) == [RequestHead(b"GET", b"https", b"example.com", b"/", (), True), End()]
+    assert bhttp.decode(b"\x01\x40\xc8") == [ResponseHead(200, (), True), End()]
+    assert bhttp.decode(b"\x03\x40\xc8") == [ResponseHead(200, (), False), End()]
+    with pytest.raises(OhttpError):  # an informational response needs a final one
+        bhttp.decode(b"\x01\x40\x64")
+    with pytest.raises(OhttpError):  # control data itself cannot be cut
+        bhttp.decode(wire[:-1])

@@ -238,16 +238,22 @@ class BhttpDecoder:
 
     def finish(self) -> list[Event]:
         """End of input: the message must be complete, or truncated only where
-        RFC 9292 §3.8 allows (empty content and/or trailers left out)."""
+        RFC 9292 §3.8 allows: empty trailers, then empty content, then (as
+        RFC 9458 Appendix A does) an empty header section left out."""
         if self._failed:
             raise OhttpError("decoder already failed")
         events: list[Event] = []
         pending = len(self._buf) - self._pos
+        at_section_start = (self._state == _FIELDS and pending == 0 and not self._fields
+                            and self._section_size == 0)
+        if at_section_start and self._section == _HEADERS:
+            # RFC 9458's own example request ends right after the path: an
+            # empty header section left out along with content and trailers.
+            self._field_section_done(events, ())
         truncatable = (
             (self._state == _CONTENT_LEN and pending == 0)
             or (self._state == _CHUNK_LEN and not self._chunks_seen and pending == 0)
-            or (self._state == _FIELDS and self._section == _TRAILERS and pending == 0
-                and not self._fields and self._section_size == 0)
+            or (at_section_start and self._section == _TRAILERS)
         )
         if truncatable:
             events.append(End())
@@ -370,6 +376,9 @@ class BhttpDecoder:
         fields = tuple(self._fields)
         self._fields = []
         self._section_size = 0
+        self._field_section_done(events, fields)
+
+    def _field_section_done(self, events: list[Event], fields: tuple[Field, ...]) -> None:
         if self._section == _INFORMATIONAL:
             events.append(InformationalResponse(self._status, fields))
             self._state = _STATUS

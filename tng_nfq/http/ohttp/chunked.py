@@ -1,0 +1,258 @@
+"""Chunked Oblivious HTTP (draft-ietf-ohai-chunked-ohttp), as upstream's
+`ohttp` crate (stream.rs, inclavare-containers fork of martinthomson/ohttp)
+puts it on the wire.  Media types message/ohttp-chunked-req / -res.
+
+Request:  header (7) || enc || chunk* || final chunk
+Response: response_nonce (max(Nn, Nk)) || chunk* || final chunk
+Chunk:        varint(len(ct)) || ct,   ct = Seal(aad="", piece), len(ct) > 0
+Final chunk:  varint(0) || ct up to the end of the stream, ct = Seal(aad="final", piece)
+
+The zero length marks the final chunk, whose ciphertext runs to the end of
+the stream -- so a decoder can only open it at EOF (`finish`).  The "final"
+AAD stops an attacker from cutting the stream after any chunk.  HPKE info is
+"message/bhttp chunked request" || 0 || header; the response key comes from
+exporting "message/bhttp chunked response" (see encap.py).  Sequence numbers
+run on across all chunks of one direction, final chunk included.
+
+Limits follow upstream so both sides accept what the other sends: a chunk
+carries at most 2**14 plaintext bytes, and a decoder rejects any chunk
+(the final one included) longer than 2**14 + Nt.
+"""
+
+from __future__ import annotations
+
+from tng_nfq.http.ohttp import encap, hpke
+from tng_nfq.http.ohttp.errors import OhttpError
+from tng_nfq.http.ohttp.keyconfig import KeyConfig, SymmetricSuite
+from tng_nfq.http.ohttp.varint import encode_varint, read_varint
+
+REQUEST_LABEL = b"message/bhttp chunked request"
+RESPONSE_LABEL = b"message/bhttp chunked response"
+CHUNK_AAD = b""
+FINAL_CHUNK_AAD = b"final"
+MAX_CHUNK_PLAINTEXT = 1 << 14
+
+REQUEST_MEDIA_TYPE = "message/ohttp-chunked-req"
+RESPONSE_MEDIA_TYPE = "message/ohttp-chunked-res"
+
+
+class _ChunkWriter:
+    """Seals plaintext into chunks behind a one-time prefix (header or nonce)."""
+
+    def __init__(self, aead: hpke.AeadContext, prefix: bytes):
+        self._aead = aead
+        self._prefix = prefix
+        self._finished = False
+
+    def start(self) -> bytes:
+        """The prefix, if not sent yet (lets a sender flush it early)."""
+        prefix, self._prefix = self._prefix, b""
+        return prefix
+
+    def write(self, data: bytes) -> bytes:
+        if self._finished:
+            raise OhttpError("write after the final chunk")
+        out = bytearray(self.start())
+        view = memoryview(bytes(data))
+        for pos in range(0, len(view), MAX_CHUNK_PLAINTEXT):
+            ct = self._aead.seal(CHUNK_AAD, view[pos:pos + MAX_CHUNK_PLAINTEXT])
+            out += encode_varint(len(ct)) + ct
+        return bytes(out)
+
+    def finish(self, data: bytes = b"") -> bytes:
+        """Everything left, ending with the final chunk.  Upstream always
+        closes with an empty final chunk, which is what `finish()` sends."""
+        data = bytes(data)
+        split = max(0, len(data) - MAX_CHUNK_PLAINTEXT)
+        out = self.write(data[:split])
+        self._finished = True
+        return out + b"\x00" + self._aead.seal(FINAL_CHUNK_AAD, data[split:])
+
+
+class _ChunkReader:
+    """Opens chunks fed in arbitrary slices; one chunk at most is buffered."""
+
+    def __init__(self, aead: hpke.AeadContext):
+        self._aead = aead
+        self._buf = bytearray()
+        self._final = False
+        self._limit = MAX_CHUNK_PLAINTEXT + aead.aead.n_t
+
+    def feed(self, data: bytes) -> bytes:
+        self._buf += data
+        if self._final:
+            self._check_final_size()
+            return b""
+        out, pos = bytearray(), 0
+        while True:
+            got = read_varint(self._buf, pos)
+            if got is None:
+                break
+            length, after = got
+            if length == 0:
+                self._final = True
+                pos = after
+                break
+            if length > self._limit:
+                raise OhttpError("OHTTP chunk too large")
+            if len(self._buf) - after < length:
+                break
+            out += self._aead.open(CHUNK_AAD, self._buf[after:after + length])
+            pos = after + length
+        del self._buf[:pos]
+        if self._final:
+            self._check_final_size()
+        return bytes(out)
+
+    def _check_final_size(self) -> None:
+        if len(self._buf) > self._limit:
+            raise OhttpError("final OHTTP chunk too large")
+
+    def finish(self) -> bytes:
+        if not self._final:
+            raise OhttpError("OHTTP stream ended without its final chunk")
+        ct, self._buf = bytes(self._buf), bytearray()
+        return self._aead.open(FINAL_CHUNK_AAD, ct)
+
+
+class _Decoder:
+    """feed()/finish() around a _ChunkReader that exists once the prefix is in;
+    any failure sticks, so a tampered stream cannot be resumed."""
+
+    def __init__(self, prefix_len: int):
+        self._prefix_len = prefix_len
+        self._pending = bytearray()
+        self._reader: _ChunkReader | None = None
+        self._failed = False
+        self._done = False
+
+    def _on_prefix(self, prefix: bytes) -> hpke.AeadContext:
+        raise NotImplementedError
+
+    def feed(self, data: bytes) -> bytes:
+        """Plaintext of every chunk completed by `data` (maybe empty)."""
+        if self._failed or self._done:
+            raise OhttpError("decoder already failed" if self._failed else "data after finish")
+        try:
+            if self._reader is None:
+                self._pending += data
+                if len(self._pending) < self._prefix_len:
+                    return b""
+                prefix = bytes(self._pending[:self._prefix_len])
+                data, self._pending = bytes(self._pending[self._prefix_len:]), bytearray()
+                self._reader = _ChunkReader(self._on_prefix(prefix))
+            return self._reader.feed(data)
+        except OhttpError:
+            self._failed = True
+            raise
+
+    def finish(self) -> bytes:
+        """At end of stream: the final chunk's plaintext; OhttpError if the
+        stream is truncated or the final chunk does not authenticate."""
+        if self._failed or self._done:
+            raise OhttpError("decoder already failed" if self._failed else "finish called twice")
+        try:
+            if self._reader is None:
+                raise OhttpError("OHTTP stream ended inside its header")
+            out = self._reader.finish()
+        except OhttpError:
+            self._failed = True
+            raise
+        self._done = True
+        return out
+
+
+# --- client side --------------------------------------------------------------
+
+class ChunkedRequestEncoder:
+    """Client: encapsulates a request body as it is produced.
+
+    `start()` gives the header early if wanted; `write()` returns chunks,
+    `finish()` the final chunk.  `response_decoder()` opens the answer.
+    """
+
+    def __init__(self, key_config: KeyConfig, *, suite: SymmetricSuite | None = None,
+                 sender_private_key: bytes | None = None, _sk_e: bytes | None = None):
+        prefix, self._enc, self._ctx = encap.setup_sender(
+            key_config, REQUEST_LABEL, suite=suite, sender_private_key=sender_private_key, _sk_e=_sk_e)
+        self._writer = _ChunkWriter(self._ctx, prefix)
+
+    def start(self) -> bytes:
+        return self._writer.start()
+
+    def write(self, data: bytes) -> bytes:
+        return self._writer.write(data)
+
+    def finish(self, data: bytes = b"") -> bytes:
+        return self._writer.finish(data)
+
+    def response_decoder(self) -> "ChunkedResponseDecoder":
+        return ChunkedResponseDecoder(self._ctx, self._enc)
+
+
+class ChunkedResponseDecoder(_Decoder):
+    """Client: opens a chunked response fed in arbitrary slices."""
+
+    def __init__(self, ctx: hpke.HpkeContext, enc: bytes):
+        super().__init__(encap.response_nonce_length(ctx.aead))
+        self._ctx = ctx
+        self._enc = enc
+
+    def _on_prefix(self, prefix: bytes) -> hpke.AeadContext:
+        return encap.response_aead(self._ctx, RESPONSE_LABEL, self._enc, prefix)
+
+
+# --- gateway side ---------------------------------------------------------------
+
+class ChunkedRequestDecoder(_Decoder):
+    """Gateway: opens a chunked request fed in arbitrary slices.
+
+    `keys` is one KeyPair, several, or a {key_id: KeyPair} mapping; the
+    request header picks one.  With `sender_public_key` the request must be
+    sealed in HPKE auth mode by that client key.
+    """
+
+    def __init__(self, keys: encap.Keys, *, sender_public_key: bytes | None = None):
+        super().__init__(encap.REQUEST_HEADER_LEN + hpke.N_ENC)
+        self._keys = keys
+        self._sender_public_key = sender_public_key
+        self.header: encap.RequestHeader | None = None
+        self._ctx: hpke.HpkeContext | None = None
+        self._enc = b""
+
+    def _on_prefix(self, prefix: bytes) -> hpke.AeadContext:
+        header = encap.RequestHeader.parse(prefix[:encap.REQUEST_HEADER_LEN])
+        hpke.check_suite(header.kem_id, header.kdf_id, header.aead_id)
+        enc = prefix[encap.REQUEST_HEADER_LEN:]
+        self._ctx = encap.setup_recipient(self._keys, header, enc, REQUEST_LABEL,
+                                          sender_public_key=self._sender_public_key)
+        self.header, self._enc = header, enc
+        return self._ctx
+
+    @property
+    def ready(self) -> bool:
+        """Whether the header is in, so a response can be started."""
+        return self._ctx is not None
+
+    def response_encoder(self, *, _nonce: bytes | None = None) -> "ChunkedResponseEncoder":
+        if self._ctx is None:
+            raise OhttpError("request header not received yet")
+        return ChunkedResponseEncoder(self._ctx, self._enc, _nonce=_nonce)
+
+
+class ChunkedResponseEncoder:
+    """Gateway: encapsulates a response body as it is produced; the random
+    response nonce goes out in front of the first chunk."""
+
+    def __init__(self, ctx: hpke.HpkeContext, enc: bytes, *, _nonce: bytes | None = None):
+        nonce = encap.new_response_nonce(ctx) if _nonce is None else _nonce
+        self._writer = _ChunkWriter(encap.response_aead(ctx, RESPONSE_LABEL, enc, nonce), nonce)
+
+    def start(self) -> bytes:
+        return self._writer.start()
+
+    def write(self, data: bytes) -> bytes:
+        return self._writer.write(data)
+
+    def finish(self, data: bytes = b"") -> bytes:
+        return self._writer.finish(data)
