@@ -94,6 +94,27 @@ def build(config: Config) -> list[Endpoint]:
     return endpoints
 
 
+# what only the rules use: an endpoint changed in nothing else keeps running
+_CAPTURE_FIELDS = {NetfilterEgress: ("capture_dst", "capture_local_traffic"),
+                   NetfilterIngress: ("capture_dst", "capture_cgroup", "nocapture_cgroup")}
+
+
+def _capture_only_change(old, new) -> bool:
+    """`old` and `new` (specs of one kind) differ only in what they capture.
+
+    An ingress must keep its gateway role (capture_cgroup empty or not): that
+    decides whether its listener is transparent."""
+    if type(old) is not type(new) or type(old.mode) is not type(new.mode):
+        return False
+    fields = _CAPTURE_FIELDS.get(type(old.mode))
+    if fields is None:
+        return False
+    if isinstance(old.mode, NetfilterIngress) and bool(old.mode.capture_cgroup) != bool(new.mode.capture_cgroup):
+        return False
+    moved = dataclasses.replace(old.mode, **{f: getattr(new.mode, f) for f in fields})
+    return dataclasses.replace(old, mode=moved, index=0) == dataclasses.replace(new, index=0)
+
+
 class Daemon:
     def __init__(self, config: Config):
         self.config = config
@@ -215,6 +236,21 @@ class Daemon:
         new_specs = endpoint_specs(new_config)
         old_by_key = {spec_key(spec): ep for spec, ep in zip(endpoint_specs(self.config), self.endpoints)}
         new_pairs = [(spec_key(spec), ep) for spec, ep in zip(new_specs, built)]
+        # A netfilter endpoint whose change is only in what it captures keeps
+        # its listener and connections; its rules are replaced below.
+        retarget: dict[tuple, tuple[Endpoint, object]] = {}  # new key -> (running endpoint, new spec)
+        new_keys = {key for key, _ in new_pairs}
+        vacated = [(key, ep) for key, ep in old_by_key.items() if key not in new_keys]
+        for spec in new_specs:
+            key = spec_key(spec)
+            if key in old_by_key or not isinstance(spec.mode, (NetfilterIngress, NetfilterEgress)):
+                continue
+            for old_key, endpoint in vacated:
+                if _capture_only_change(old_key[1], key[1]):
+                    retarget[key] = (endpoint, spec)
+                    vacated.remove((old_key, endpoint))
+                    old_by_key[key] = endpoint
+                    break
         added = [ep for key, ep in new_pairs if key not in old_by_key]
         try:
             for endpoint in added:
@@ -222,11 +258,15 @@ class Daemon:
         except StartError as exc:
             for endpoint in added:
                 endpoint.stop(grace=0)
-            refuse(str(exc))
+            held = [ep.path for _key, ep in vacated
+                    if any(f":{listener.address[1]}:" in str(exc) for listener in ep.listeners)]
+            hint = (f" (held by {', '.join(held)}, which this reload replaces: a netfilter endpoint "
+                    "keeps its listener only when just what it captures changes; otherwise use "
+                    "another listen_port or restart)") if held else ""
+            refuse(f"{exc}{hint}")
             return
         endpoints = [old_by_key.get(key, ep) for key, ep in new_pairs]
-        new_keys = {key for key, _ in new_pairs}
-        removed = [ep for key, ep in old_by_key.items() if key not in new_keys]
+        removed = [ep for _key, ep in vacated]
 
         # the rules: replaced in place, installed afresh, or removed
         current = self.netfilter
@@ -249,6 +289,8 @@ class Daemon:
             return
         if remove_rules:
             self._remove_rules()
+        for endpoint, spec in retarget.values():  # its rules are the new ones already
+            endpoint.spec, endpoint.mode_spec = spec, spec.mode
 
         for endpoint in added:
             endpoint.security.start()
@@ -259,7 +301,8 @@ class Daemon:
             self._draining.append(endpoint)
             threading.Thread(target=self._drain, args=(endpoint,), name="drain", daemon=True).start()
         log.info("reloaded", added=[e.path for e in added], removed=[e.path for e in removed],
-                 kept=len(self.endpoints) - len(added))
+                 kept=len(self.endpoints) - len(added),
+                 recaptured=[f"{e.path} -> {spec.path}" for e, spec in retarget.values()])
         if added and any(e.security.attester is not None for e in added):
             self.ready.clear()
             threading.Thread(target=self._announce_ready, name="ready", daemon=True).start()
