@@ -304,3 +304,26 @@ def test_mutations_never_pass_and_only_ohttp_error(which, data):
             else VALID_ENCODER.response_decoder)
     # Every byte is authenticated or framing, so any change must be refused.
     assert _only_ohttp_error(make, bytes(mutated), data.draw(st.lists(st.integers(0, 200), max_size=3))) is None
+
+
+def test_empty_non_final_chunk_is_skipped_like_upstream():
+    keys = KeyPair.generate(1)
+    config = keys.config
+    prefix, enc, ctx = encap.setup_sender(config, chunked.REQUEST_LABEL)
+    empty = ctx.seal(b"", b"")
+    data = ctx.seal(b"", b"data")
+    final = ctx.seal(b"final", b"")
+    wire = prefix + encode_varint(len(empty)) + empty + encode_varint(len(data)) + data + b"\x00" + final
+    decoder = chunked.ChunkedRequestDecoder(keys)
+    assert decoder.feed(wire) + decoder.finish() == b"data"
+
+
+def test_non_minimal_varint_lengths_are_accepted():
+    # The draft leaves the length encoding unauthenticated; any valid varint goes.
+    keys = KeyPair.generate(1)
+    prefix, enc, ctx = encap.setup_sender(keys.config, chunked.REQUEST_LABEL)
+    ct = ctx.seal(b"", b"abc")
+    final = ctx.seal(b"final", b"")
+    wire = prefix + (0x80000000 | len(ct)).to_bytes(4, "big") + ct + b"\x40\x00" + final
+    decoder = chunked.ChunkedRequestDecoder(keys)
+    assert decoder.feed(wire) + decoder.finish() == b"abc"

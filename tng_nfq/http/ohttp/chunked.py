@@ -17,6 +17,11 @@ run on across all chunks of one direction, final chunk included.
 Limits follow upstream so both sides accept what the other sends: a chunk
 carries at most 2**14 plaintext bytes, and a decoder rejects any chunk
 (the final one included) longer than 2**14 + Nt.
+
+The draft says a receiver MUST treat a non-final chunk with empty plaintext
+as a decryption error; upstream's crate skips such chunks instead, and so do
+we (the encoder never sends one), so a peer that flushes an empty write does
+not break the stream.
 """
 
 from __future__ import annotations
