@@ -1,14 +1,24 @@
 """SIGHUP: a good configuration file is applied (new endpoints start, removed
 ones drain, unchanged ones keep their connections); a bad one is refused
-and the running configuration stays."""
+and the running configuration stays. Netfilter endpoints too: their rules
+are replaced under live traffic (new connections through an unchanged
+endpoint are measured all along the reload), and a reload that cannot bind
+or whose rules the kernel refuses leaves the rules byte-identical."""
 
 from __future__ import annotations
 
 import json
+import re
 import signal
+import socket
 import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import pytest
+
+from tng_nfq.lab.netns import wait_for_log_event, wait_for_port
 
 pytestmark = pytest.mark.root
 
@@ -41,8 +51,6 @@ def test_sighup_applies_good_config_and_refuses_bad(lab):
     cfg_path = lab.workdir / "ingress.json"
     cfg_path.write_text(json.dumps(_ingress((IN_A, TUNNEL_A))))
     log_path = lab.workdir / "ingress.log"
-    from tng_nfq.lab.netns import wait_for_log_event
-
     proc = lab.lab.spawn(lab.client, [lab.nfq_argv({})[0], "--log-format", "json", "launch",
                                       "--config-file", str(cfg_path)],
                          stdout=subprocess.DEVNULL, stderr=log_path.open("w"))
@@ -87,12 +95,6 @@ def test_sighup_applies_good_config_and_refuses_bad(lab):
 # started with --config-file; client namespace: one tng-nfq with mapping
 # ingress 127.0.0.1:10001 -> 198.18.0.2:30001 and :10002 -> :30002.
 
-import re  # noqa: E402
-import socket  # noqa: E402
-import sys  # noqa: E402
-import threading  # noqa: E402
-from pathlib import Path  # noqa: E402
-
 BACKEND_A, BACKEND_B = 30001, 30002
 REDIRECT_A, REDIRECT_B = 40001, 40002
 CLIENT_A, CLIENT_B = 10001, 10002
@@ -118,14 +120,12 @@ def _listening(ns, port: int) -> bool:
 class _Instance:
     """tng-nfq in the server namespace, run from a config file (SIGHUP reloads it)."""
 
-    def __init__(self, lab, config: dict):
-        from tng_nfq.lab.netns import wait_for_log_event
-
+    def __init__(self, lab, config: dict, ns=None, name: str = "server"):
         self.lab = lab
-        self.cfg = lab.workdir / "server.json"
+        self.cfg = lab.workdir / f"{name}.json"
         self.cfg.write_text(json.dumps(config))
-        self.log = lab.workdir / "server.log"
-        self.proc = lab.lab.spawn(lab.server, [lab.nfq_argv({})[0], "--log-format", "json", "launch",
+        self.log = lab.workdir / f"{name}.log"
+        self.proc = lab.lab.spawn(ns or lab.server, [lab.nfq_argv({})[0], "--log-format", "json", "launch",
                                                "--config-file", str(self.cfg)],
                                   stdout=subprocess.DEVNULL, stderr=self.log.open("w"))
         wait_for_log_event(self.log, "ready", self.proc)
@@ -155,8 +155,6 @@ def nf(lab):
         proc = lab.lab.spawn(lab.server, [sys.executable, str(HELPERS / "backend.py"), "--host", "0.0.0.0",
                                           "--port", str(port), "--name", f"b{port}"],
                              stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT)
-        from tng_nfq.lab.netns import wait_for_port
-
         wait_for_port(lab.server, "127.0.0.1", port, timeout=lab.WAIT, proc=proc)
     lab.start_nfq(lab.client, lab.ingress_config((CLIENT_A, BACKEND_A), (CLIENT_B, BACKEND_B)), "ingress")
     return lab
@@ -291,8 +289,6 @@ def test_sighup_with_a_port_taken_is_refused_and_the_rules_stay_byte_identical(n
                                           "s.listen()\n"
                                           "time.sleep(600)\n"],
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    from tng_nfq.lab.netns import wait_for_port
-
     wait_for_port(lab.server, "127.0.0.1", REDIRECT_B, timeout=lab.WAIT, proc=squatter)
     held = _held(lab, CLIENT_A)
     before = _our_chains(lab.server)
@@ -356,3 +352,56 @@ def test_sighup_changing_what_a_netfilter_egress_captures_keeps_its_listener(nf)
     assert _our_chains(lab.server) == before
     assert lab.echo(CLIENT_B, b"still B") == b"still B"
     server.stop()
+
+
+def test_sighup_installs_then_removes_a_gateway_ingress_with_its_policy_routing(nf):
+    """An instance without netfilter rules gets its first netfilter endpoint
+    by reload (fresh install, policy routing for the gateway role), and loses
+    it again (rules, ip rule and route gone). The server's netfilter egress
+    captures A, so a plain connection from the client namespace to
+    198.18.0.2:30001 is echoed only while the client's ingress tunnels it."""
+    lab = nf
+    _Instance(lab, _nf_egress((BACKEND_A, REDIRECT_A), (BACKEND_B, REDIRECT_B)))
+    mapping_only = {"add_ingress": [{"mapping": {"in": {"host": "127.0.0.1", "port": 10050},
+                                                 "out": {"host": lab.SERVER_ADDR, "port": BACKEND_B}},
+                                     "no_ra": True}]}
+    client = _Instance(lab, mapping_only, ns=lab.client, name="client-nf")
+    assert not [l for l in _our_chains(lab.client) if "TNGNFQ" in l]
+
+    def plain_echo(data: bytes):
+        try:
+            return _echo_to(lab, lab.SERVER_ADDR, BACKEND_A, data)
+        except OSError as exc:
+            return repr(exc)
+
+    assert plain_echo(b"plain") != b"plain"  # TLS listener on the server: plaintext fails
+
+    with_ingress = dict(mapping_only)
+    with_ingress["add_ingress"] = mapping_only["add_ingress"] + [
+        {"netfilter": {"capture_dst": [{"host": lab.SERVER_ADDR, "port": BACKEND_A}], "listen_port": 40020},
+         "no_ra": True}]
+    reloaded = client.reload(with_ingress)
+    assert reloaded["added"] == ["add_ingress[1]"]
+    assert client.events("netfilter rules installed")
+    rules = [l for l in _our_chains(lab.client) if "TNGNFQ" in l]
+    assert any("-j REDIRECT --to-ports 40020" in l for l in rules), rules
+    assert any("-j TPROXY --on-port 40020" in l for l in rules), rules
+    assert "lookup 5650" in lab.client.run(["ip", "-4", "rule"]).stdout
+    assert plain_echo(b"captured") == b"captured"
+    assert lab.echo(10050, b"mapping") == b"mapping"  # the kept mapping endpoint
+
+    reloaded = client.reload(mapping_only)
+    assert reloaded["removed"] == ["add_ingress[1]"]
+    assert not [l for l in _our_chains(lab.client) if "TNGNFQ" in l]
+    assert "lookup 5650" not in lab.client.run(["ip", "-4", "rule"]).stdout
+    assert not lab.client.run(["ip", "-4", "route", "show", "table", "5650"]).stdout.strip()
+    assert plain_echo(b"plain again") != b"plain again"
+    assert lab.echo(10050, b"mapping") == b"mapping"
+    client.stop()
+
+
+def _echo_to(lab, host: str, port: int, data: bytes) -> bytes:
+    with lab.connect(port, host=host) as sock:
+        sock.sendall(b"ECHO\n" + data)
+        sock.shutdown(socket.SHUT_WR)
+        return lab.recv_all(sock)

@@ -10,13 +10,14 @@ while referenced, nothing declared twice, nothing left behind).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
 import pytest
 
 from tng_nfq.config import load_config
-from tng_nfq.netfilter.plan import QUEUE_BANKS, QUEUE_BASE, RulePlan, build_plan, replan
+from tng_nfq.netfilter.plan import QUEUE_BANKS, QUEUE_BASE, RulePlan, replan
 
 A = {"netfilter": {"capture_dst": {"port": 30001}, "listen_port": 40001}, "no_ra": True}
 B = {"netfilter": {"capture_dst": {"port": 30002}, "listen_port": 40002}, "no_ra": True}
@@ -228,3 +229,34 @@ def test_install_then_replace_equals_installing_the_new_plan(old_name, new_name,
         before.restore(f"*{t}\n-A PREROUTING {foreign}\nCOMMIT\n")
     before.restore(old.install_text())
     assert kernel.tables == before.tables
+
+
+# -- which changed endpoint keeps running ------------------------------------------
+
+def _spec(entry, kind="egress", index=0):
+    config = load_config(json.dumps({f"add_{kind}": [entry]}))
+    spec = (config.egress if kind == "egress" else config.ingress)[0]
+    return dataclasses.replace(spec, index=index)
+
+
+def test_only_a_change_of_what_is_captured_keeps_the_endpoint():
+    from tng_nfq.daemon import _capture_only_change
+
+    def egress(**nf):
+        return _spec({"netfilter": {**A["netfilter"], **nf}, "no_ra": True})
+
+    def ingress(**nf):
+        return _spec({"netfilter": {"capture_dst": [{"port": 80}], "listen_port": 40010, **nf},
+                      "no_ra": True}, "ingress")
+
+    assert _capture_only_change(egress(), egress(capture_dst={"port": 30009}))
+    assert _capture_only_change(egress(), egress(capture_local_traffic=True))
+    assert not _capture_only_change(egress(), egress(so_mark=7))
+    assert not _capture_only_change(egress(), egress(listen_port=40003))
+    assert _capture_only_change(ingress(), ingress(capture_dst=[{"port": 81}]))
+    assert _capture_only_change(ingress(capture_cgroup=["/a"]), ingress(capture_cgroup=["/b"],
+                                                                        nocapture_cgroup=["/c"]))
+    # gateway role (transparent listener) on one side only: a new listener is needed
+    assert not _capture_only_change(ingress(), ingress(capture_cgroup=["/a"]))
+    assert not _capture_only_change(egress(), ingress())
+    assert not _capture_only_change(_spec(MAP, "ingress"), _spec(MAP, "ingress"))
