@@ -152,7 +152,7 @@ capture_start() {
   iface=$(ip -o -4 addr show | awk -v a="$GATEWAY_SERVER_SIDE_IP" '{split($4, p, "/")} p[1] == a {print $2; exit}')
   [ -n "$iface" ] || fail "no interface holds $GATEWAY_SERVER_SIDE_IP"
   rm -f "$STATE/wire.pcap"
-  start_bg tcpdump tcpdump -i "$iface" -U -n -s 0 -w "$STATE/wire.pcap" "tcp port $1"
+  start_bg tcpdump tcpdump -i "$iface" -U --immediate-mode -n -s 0 -w "$STATE/wire.pcap" "tcp port $1"
   wait_until tcpdump 10 test -s "$STATE/wire.pcap"
   sleep 0.3
   echo "$1" >"$STATE/wire.port"
@@ -169,4 +169,26 @@ capture_check() {
       --expect-absent "$LAB_MARKER" | sed "s/^/[$ROLE] /"
   [ "${PIPESTATUS[0]}" = 0 ] || fail "the capture shows something other than a clean rats-tls tunnel"
   pass "wire between client and server: TLS only, no plaintext"
+}
+
+# check_as N: the Attestation Service on this machine appraised at least N evidences
+check_as() {
+  local n
+  n=$(grep -c '"event": "attestation request"' "$STATE/as.log" || true)
+  say "the Attestation Service appraised $n evidence(s) (tokens issued)"
+  [ "$n" -ge "$1" ] || fail "expected at least $1 appraisal(s)"
+}
+
+# sample_as: the sample Attestation Service (REST, policy trust_all) on 0.0.0.0:$AS_PORT
+sample_as() {
+  start_bg as "$TNG_NFQ" --log-format json dev as --listen "0.0.0.0:$AS_PORT" --state-dir "$STATE/as-state"
+  wait_until as 20 port_open 127.0.0.1 "$AS_PORT"
+  say "sample Attestation Service (REST) on 0.0.0.0:$AS_PORT, policy trust_all"
+}
+
+# verified_peers: sum of the verifiers' "verified" counters in the admin API's /status
+verified_peers() {
+  admin /status | "$PY" -c 'import json, sys
+d = json.load(sys.stdin)
+print(sum(e["attestation"].get("verifier", {}).get("verified", 0) for e in d["ingress"] + d["egress"]))'
 }

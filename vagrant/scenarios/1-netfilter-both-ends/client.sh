@@ -18,6 +18,6 @@ check_access tng-ingress yes
 pass "the server was attested before a byte was forwarded"
 say "admin API /flows (live connections and the NFQUEUE classifier's recent decisions):"
 admin /flows | sed "s/^/[$ROLE]   /"
-verified=$(admin /status | "$PY" -c 'import json,sys; print(sum(e["attestation"]["verifier"]["verified"] for e in json.load(sys.stdin)["ingress"]))')
+verified=$(verified_peers)
 say "admin API /status: verifier verified $verified peer(s)"
 [ "$verified" -ge 1 ] || fail "/status shows no verification"
