@@ -130,7 +130,11 @@ def test_no_transform_can_be_ignored():
     (b"<!DOCTYPE html><p>just a fragment", b"<!DOCTYPE html>"),
     (b"just text", b""),
     (b"", b""),
-    (b"<bodyx><body>x", b"<bodyx><body>"),
+    (b"<html><bodyx><body>x", b"<html>"),
+    (b"<html><head><meta " + b"a " * 30_000 + b"><body>x", b"<html>"),  # attribute bound
+    (b"<html><head></head><div>implied body</div><body>x", b"<html><head></head>"),
+    (b"<html><p>implied body<body>x", b"<html>"),
+    (b"<html><head>" + b"<meta name=a>" * 20_000 + b"<body>x", b"<html>"),  # MAX_SCAN_TAGS
     (b"a < b <body>x", b"a < b <body>"),
     (b"</ 3><body>x", b"</ 3><body>"),
     (b"\xef\xbb\xbfplain", b"\xef\xbb\xbf"),

@@ -37,7 +37,9 @@ Rules (documented for the README, "web_page_inject"):
 - The bar goes right after the opening <body ...> tag; without one after
   </head>, else after <html ...>, else after the DOCTYPE, else at the
   start. Comments and raw-text elements (script, style, title, ...) are
-  skipped while looking, so a "<body>" inside them does not count.
+  skipped while looking, so a "<body>" inside them does not count; the
+  search ends at the first start tag that belongs in the body (the body
+  has then begun implicitly) or after MAX_SCAN_TAGS tags.
 - The bar is pure ASCII (every value HTML-escaped, non-ASCII as character
   references), uses inline styles only and needs no script or external
   resource. A page whose Content-Security-Policy forbids inline styles
@@ -243,24 +245,34 @@ _WS = b"\t\n\f\r "
 _NAME = re.compile(rb"[A-Za-z][^\t\n\f\r />]*")
 _ATTR_NAME = re.compile(rb"[^\t\n\f\r />][^\t\n\f\r />=]*")
 _SPACES = re.compile(rb"[\t\n\f\r ]*")
+_SEPARATORS = re.compile(rb"[\t\n\f\r /]+")
 _UNQUOTED = re.compile(rb"[^\t\n\f\r >]*")
 _RAW_TEXT = (b"script", b"style", b"title", b"textarea", b"xmp", b"iframe", b"noembed",
              b"noframes", b"noscript")
 _RAW_END = {name: re.compile(rb"</" + name + rb"[\t\n\f\r />]", re.IGNORECASE) for name in _RAW_TEXT}
+_TAG_OPEN = re.compile(rb"<[!?/A-Za-z]")
+# start tags that do not end the head (HTML "in head"/"before head" modes), and <body>/<frameset>
+_HEAD_TAGS = frozenset({b"html", b"head", b"meta", b"link", b"title", b"style", b"script", b"base",
+                        b"noscript", b"template", b"basefont", b"bgsound", b"noframes", b"body",
+                        b"frameset"})
+MAX_SCAN_TAGS = 10_000
 _BOMS = (codecs.BOM_UTF8,)
 _UTF16_32_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
 
 def _tag_end(doc: bytes, i: int) -> int:
     """Index just after the `>` closing a start/end tag whose name ends at i;
-    -1 if the document ends first. Quoted attribute values may hold `>`."""
+    -1 if the document ends first (or the tag has more than MAX_SCAN_TAGS
+    attributes: give up). Quoted attribute values may hold `>`."""
     n = len(doc)
-    while i < n:
+    for _ in range(2 * MAX_SCAN_TAGS):
+        if i >= n:
+            break
         c = doc[i]
         if c == 0x3E:  # >
             return i + 1
         if c in _WS or c == 0x2F:  # whitespace or /
-            i += 1
+            i = _SEPARATORS.match(doc, i).end()
             continue
         i = _ATTR_NAME.match(doc, i).end()
         j = _SPACES.match(doc, i).end()
@@ -280,15 +292,20 @@ def _tag_end(doc: bytes, i: int) -> int:
 
 def find_insertion_point(doc: bytes) -> int | None:
     """Byte offset for the bar in an HTML document (see the module rules);
-    None when the bar must not go in (a frameset document)."""
+    None when the bar must not go in (a frameset document).
+
+    The scan stops at the first start tag that cannot be in <head> (the body
+    has then begun implicitly: the bar goes before it, via the fallbacks) or
+    after MAX_SCAN_TAGS tags, so it costs about the size of the head."""
     n = len(doc)
     start = next((len(b) for b in _BOMS if doc.startswith(b)), 0)
     after_doctype = after_html = after_head = None
     pos = start
-    while True:
-        lt = doc.find(b"<", pos)
-        if lt < 0 or lt + 1 >= n:
+    for _ in range(MAX_SCAN_TAGS):
+        m = _TAG_OPEN.search(doc, pos)
+        if m is None:
             break
+        lt = m.start()
         if doc.startswith(b"<!--", lt):
             if doc.startswith(b">", lt + 4):  # <!--> is an (empty) comment
                 pos = lt + 5
@@ -327,9 +344,6 @@ def find_insertion_point(doc: bytes) -> int | None:
             pos = end
             continue
         m = _NAME.match(doc, lt + 1)
-        if m is None:  # a lone "<" in text
-            pos = lt + 1
-            continue
         name = m.group().lower()
         end = _tag_end(doc, m.end())
         if end < 0:
@@ -342,6 +356,8 @@ def find_insertion_point(doc: bytes) -> int | None:
             break
         if name == b"html" and after_html is None:
             after_html = end
+        if name not in _HEAD_TAGS:  # body content: <body> is implied before it
+            break
         if name in _RAW_END:
             close = _RAW_END[name].search(doc, end)
             if close is None:
