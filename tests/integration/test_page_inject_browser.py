@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import struct
 import sys
+import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,7 +25,6 @@ from helpers.browser import copy_artifact, dom, needs_chromium, png_rows, png_si
 from tng_nfq.http.page_inject import AttestationBanner, inject_response
 from tng_nfq.lab.netns import single_namespace, stop_process, wait_for_port
 
-pytestmark = [pytest.mark.root, needs_chromium]
 
 PORT = 8080
 WIDTH, HEIGHT = 1200, 800
@@ -108,6 +109,8 @@ def _share(rows, colour, tolerance=12) -> float:
     return hits / total
 
 
+@pytest.mark.root
+@needs_chromium
 @pytest.mark.timeout(180)
 def test_attested_bar_in_chromium(tmp_path):
     banner = AttestationBanner(
@@ -141,6 +144,8 @@ def test_attested_bar_in_chromium(tmp_path):
     assert any(min(px) > 200 for row in band for px in row)
 
 
+@pytest.mark.root
+@needs_chromium
 @pytest.mark.timeout(180)
 def test_not_attested_bar_is_red(tmp_path):
     banner = AttestationBanner(attested=False, tee_type=None, policy_ids=("default",),
@@ -151,3 +156,50 @@ def test_not_attested_bar_is_red(tmp_path):
     assert 'data-attested="false"' in text and "END-OF-PAGE" in text
     red = (0xA6, 0x1B, 0x1B)
     assert len([row for row in png_rows(png, 60) if _share([row], red) > 0.5]) >= 15
+
+
+def _png(rows: list[list[tuple[int, int, int]]], filters: list[int]) -> bytes:
+    """An RGB PNG whose row i is written with filter filters[i] (encoder side)."""
+    width = len(rows[0])
+    raw = bytearray()
+    prev = bytes(3 * width)
+    for row, f in zip(rows, filters):
+        cur = bytes(c for px in row for c in px)
+        out = bytearray()
+        for i, x in enumerate(cur):
+            a = cur[i - 3] if i >= 3 else 0
+            b = prev[i]
+            c = prev[i - 3] if i >= 3 else 0
+            if f == 0:
+                pred = 0
+            elif f == 1:
+                pred = a
+            elif f == 2:
+                pred = b
+            elif f == 3:
+                pred = (a + b) >> 1
+            else:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+            out.append((x - pred) & 0xFF)
+        raw += bytes([f]) + out
+        prev = cur
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, len(rows), 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(raw))) + chunk(b"IEND", b"")
+
+
+def test_png_reader_all_filter_types(tmp_path):
+    import random
+    rnd = random.Random(7)
+    rows = [[(rnd.randrange(256), rnd.randrange(256), rnd.randrange(256)) for _ in range(9)] for _ in range(10)]
+    filters = [0, 1, 2, 3, 4, 4, 3, 2, 1, 0]
+    path = tmp_path / "t.png"
+    path.write_bytes(_png(rows, filters))
+    assert png_size(path) == (9, 10)
+    assert png_rows(path) == rows
+    assert png_rows(path, 3) == rows[:3]
