@@ -55,6 +55,7 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Iterable
 
 MAX_INJECT_BODY = 8 * 1024 * 1024
 MAX_VALUE_CHARS = 200  # one value in the bar (a policy id, the AS address, ...)
@@ -297,7 +298,6 @@ def find_insertion_point(doc: bytes) -> int | None:
     The scan stops at the first start tag that cannot be in <head> (the body
     has then begun implicitly: the bar goes before it, via the fallbacks) or
     after MAX_SCAN_TAGS tags, so it costs about the size of the head."""
-    n = len(doc)
     start = next((len(b) for b in _BOMS if doc.startswith(b)), 0)
     after_doctype = after_html = after_head = None
     pos = start
@@ -598,7 +598,7 @@ def _injected_headers(headers: list[tuple[bytes, bytes]], length: int) -> list[t
 
 
 def inject_response(banner: AttestationBanner, method: str | bytes, status: int,
-                    headers: list[tuple[bytes, bytes]], body_pieces, **kw) -> tuple[Head, bytes]:
+                    headers: list[tuple[bytes, bytes]], body_pieces: Iterable[bytes], **kw) -> tuple[Head, bytes]:
     """Convenience for whole responses (tests, small bodies): (head, body)."""
     injector = ResponseInjector(banner, method, **kw)
     if injector.start(status, headers) is Decision.PASS:
