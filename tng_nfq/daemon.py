@@ -115,6 +115,17 @@ def _capture_only_change(old, new) -> bool:
     return dataclasses.replace(old, mode=moved, index=0) == dataclasses.replace(new, index=0)
 
 
+def _captured_ports(config: Config) -> set[int]:
+    """The ports the netfilter endpoints of `config` capture."""
+    ports: set[int] = set()
+    for spec in endpoint_specs(config):
+        if isinstance(spec.mode, NetfilterIngress):
+            ports |= {d.port for d in spec.mode.capture_dst if d.port is not None}
+        elif isinstance(spec.mode, NetfilterEgress) and spec.mode.capture_dst.port is not None:
+            ports.add(spec.mode.capture_dst.port)
+    return ports
+
+
 class Daemon:
     def __init__(self, config: Config):
         self.config = config
@@ -252,6 +263,14 @@ class Daemon:
                     old_by_key[key] = endpoint
                     break
         added = [ep for key, ep in new_pairs if key not in old_by_key]
+        captured = _captured_ports(new_config)
+        for key, endpoint in old_by_key.items():
+            port = getattr(endpoint, "listen_port", None) if endpoint.mode == "netfilter" else None
+            if key in new_keys and port in captured:
+                # chosen automatically at start; the new configuration captures it
+                refuse(f"{endpoint.path}.netfilter.listen_port: the port it listens on ({port}, chosen "
+                       "automatically) is captured by the new configuration: set listen_port or restart")
+                return
         try:
             for endpoint in added:
                 endpoint.bind()

@@ -405,3 +405,21 @@ def _echo_to(lab, host: str, port: int, data: bytes) -> bytes:
         sock.sendall(b"ECHO\n" + data)
         sock.shutdown(socket.SHUT_WR)
         return lab.recv_all(sock)
+
+
+def test_sighup_refuses_to_capture_the_port_a_kept_endpoint_chose_automatically(nf):
+    lab = nf
+    auto = {"netfilter": {"capture_dst": {"port": BACKEND_A}}, "no_ra": True}
+    server = _Instance(lab, {"add_egress": [auto]})
+    assert len(server.events("netfilter rules installed")) == 1
+    before = _our_chains(lab.server)
+    assert any("--to-ports 40000" in l for l in before), before  # the first free port from 40000
+
+    refused = server.reload({"add_egress": [auto, {"netfilter": {"capture_dst": {"port": 40000}},
+                                                   "no_ra": True}]},
+                            "reload refused; the running configuration stays")
+
+    assert refused["error"].startswith("add_egress[0].netfilter.listen_port: the port it listens on (40000")
+    assert _our_chains(lab.server) == before
+    assert lab.echo(CLIENT_A, b"still A") == b"still A"
+    server.stop()
