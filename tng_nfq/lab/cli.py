@@ -61,8 +61,8 @@ def lab_up(prefix: str) -> None:
     from tng_nfq.lab.netns import LabError
 
     _need_root()
-    nl = _lab(prefix)
     try:
+        nl = _lab(prefix)
         nl.up()
     except LabError as exc:
         raise click.ClickException(str(exc)) from None
@@ -74,8 +74,13 @@ def lab_up(prefix: str) -> None:
 @_prefix_option
 def lab_down(prefix: str) -> None:
     """Stop every process of the lab and delete its namespaces."""
+    from tng_nfq.lab.netns import LabError
+
     _need_root()
-    nl = _lab(prefix)
+    try:
+        nl = _lab(prefix)
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from None
     nl.down()
     click.echo(f"lab down: no namespace {prefix}-* left" if not nl.namespaces()
                else f"lab down: still present: {nl.namespaces()}")
@@ -88,12 +93,11 @@ def lab_down(prefix: str) -> None:
 def lab_run(prefix: str, keep: bool, scenarios: tuple[str, ...]) -> None:
     """Run scenarios (numbers, directory names, or `all`) in the lab that is up."""
     from tng_nfq.lab.netns import LabError
-    from tng_nfq.lab.scenarios import find_scenario, list_scenarios
 
     _need_root()
-    nl = _lab(prefix)
     try:
-        chosen = list_scenarios() if "all" in scenarios else [find_scenario(s) for s in scenarios]
+        nl = _lab(prefix)
+        chosen = nl.scenarios() if "all" in scenarios else [nl.find(s) for s in scenarios]
         if not nl.is_up():
             raise LabError(f"the lab {prefix} is not up: run `tng-nfq lab up` (or vagrant/netns-lab up) first")
         failed = []

@@ -140,8 +140,9 @@ class NetnsLab:
     """The three-machine lab as three network namespaces on this host."""
 
     def __init__(self, prefix: str = DEFAULT_PREFIX, state_dir: Path | None = None,
-                 tng_nfq: str | None = None):
+                 tng_nfq: str | None = None, root: Path | None = None):
         self.prefix = prefix
+        self.root = Path(root) if root else scenarios_dir()  # vagrant/scenarios
         self.state = Path(state_dir) if state_dir else STATE_ROOT / prefix
         self.tng_nfq = tng_nfq or _tng_nfq_executable()
 
@@ -207,6 +208,12 @@ class NetnsLab:
 
     # -- scenarios -----------------------------------------------------------
 
+    def scenarios(self) -> list[Scenario]:
+        return list_scenarios(self.root)
+
+    def find(self, name: str) -> Scenario:
+        return find_scenario(name, self.root)
+
     def env(self, marker: str) -> dict:
         bindir = str(Path(self.tng_nfq).parent)
         return {**os.environ, "LAB_STATE": str(self.state), "TNG_NFQ": self.tng_nfq, "LAB_MARKER": marker,
@@ -216,7 +223,7 @@ class NetnsLab:
              timeout: float = STEP_TIMEOUT) -> StepResult:
         if self.ns(step.role) not in existing_namespaces():
             raise LabError(f"the lab is not up (no namespace {self.ns(step.role)}): run `netns-lab up` first")
-        runner = scenario.path.parent / "step"
+        runner = self.root / "step"
         argv = ["ip", "netns", "exec", self.ns(step.role), "bash", str(runner), step.role, scenario.name,
                 step.script, *step.args]
         started = time.monotonic()
@@ -291,7 +298,7 @@ class NetnsLab:
     def _stop_role(self, role: str) -> None:
         if self.ns(role) not in existing_namespaces():
             return
-        argv = ["ip", "netns", "exec", self.ns(role), "bash", str(scenarios_dir() / "step"), role, "-", "stop.sh"]
+        argv = ["ip", "netns", "exec", self.ns(role), "bash", str(self.root / "step"), role, "-", "stop.sh"]
         try:
             subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=60, env=self.env("-"))
         except subprocess.TimeoutExpired:
