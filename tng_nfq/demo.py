@@ -1,182 +1,127 @@
-"""`tng-nfq demo`: the README's main job, end to end on one machine.
+"""`tng-nfq demo` (`make demo`): the lab's scenario 1 end to end on one machine.
 
-Two lab namespaces joined by a veth pair (addresses exist only inside
-them): "server" plays the TEE: a plain HTTP backend, the sample-TEE
-Attestation Agent and a tng-nfq egress (mapping, `attest`); "client" runs
-the sample Attestation Service, a tng-nfq ingress (mapping, `verify`) and
-curl. The tunnel only opens once the AS has appraised the server's
-evidence; tcpdump on the tunnel port proves the wire carries TLS only.
-Everything is removed at the end, also on failure or Ctrl-C.
+The three Vagrant machines of vagrant/ become three network namespaces with
+the same addresses (client 192.168.56.10 -> gateway 192.168.56.20 |
+192.168.57.20 -> server 192.168.57.30; they exist only inside the
+namespaces), and scenario 1 (the seed's use case 2, netfilter on both ends)
+runs with its own scripts (vagrant/scenarios/1-netfilter-both-ends/):
+
+- gateway: the sample Attestation Service, tcpdump on the wire toward the server;
+- server: an unmodified HTTP backend on 8080, the sample-TEE Attestation
+  Agent, a netfilter egress (capture 8080, `attest`);
+- client: a netfilter ingress (capture 8080, `verify`) with the admin API,
+  then unmodified curl to http://192.168.57.30:8080/.
+
+The demo prints the response, the attestation verdict, the admin API's
+`/flows` and the capture verdict, then removes everything it created (also
+on failure or Ctrl-C).
 """
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import click
 
-from tng_nfq.lab.capture import analyze_pcap, capture
-from tng_nfq.lab.netns import Lab, LabError, wait_for_log_event, wait_for_port
+from tng_nfq.lab.netns import LabError
 
-CLIENT_ADDR = "198.18.0.1"
-SERVER_ADDR = "198.18.0.2"
-BACKEND_PORT = 30001
-TUNNEL_PORT = 20001
-INGRESS_PORT = 10001
-SECRET_PATH = "/api/predict/demo-secret-request"
+SCENARIO = "1"
+TOOLS = ("ip", "curl", "tcpdump", "ss", "setsid", "iptables")
 
 
 def _step(text: str) -> None:
     click.secho(f"==> {text}", bold=True)
 
 
-def _tng_nfq() -> list[str]:
-    exe = Path(sys.executable).with_name("tng-nfq")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "tng_nfq.cli"]
-
-
-AS_PORT = 8080
-
-
-def demo_configs(aa_socket: str) -> tuple[dict, dict]:
-    egress = {"add_egress": [{
-        "mapping": {"in": {"host": SERVER_ADDR, "port": TUNNEL_PORT},
-                    "out": {"host": "127.0.0.1", "port": BACKEND_PORT}},
-        "attest": {"aa_addr": f"unix://{aa_socket}"}}]}
-    ingress = {"add_ingress": [{
-        "mapping": {"in": {"host": "127.0.0.1", "port": INGRESS_PORT},
-                    "out": {"host": SERVER_ADDR, "port": TUNNEL_PORT}},
-        "verify": {"as_addr": f"http://127.0.0.1:{AS_PORT}/", "policy_ids": ["default"]}}]}
-    return ingress, egress
-
-
 def run_demo() -> int:
     if os.geteuid() != 0:
         click.echo("tng-nfq demo needs root (it creates network namespaces).", err=True)
         return 1
-    for tool in ("ip", "curl", "tcpdump"):
+    for tool in TOOLS:
         if shutil.which(tool) is None:
             click.echo(f"tng-nfq demo needs `{tool}`; run scripts/install-system-deps.sh", err=True)
             return 1
+    from tng_nfq.lab.scenarios import NetnsLab
+
     work = Path(tempfile.mkdtemp(prefix="tng-nfq-demo-"))
+    lab = None
+    code = 1
     try:
-        with Lab("demo") as lab:
-            return _run(lab, work)
+        # tngnfq-<pid>-...: a later lab run sweeps these if this process is killed
+        lab = NetnsLab(prefix=f"tngnfq-{os.getpid()}-demo", state_dir=work / "state")
+        code = _run(lab)
     except (LabError, subprocess.TimeoutExpired) as exc:
         click.secho(f"demo failed: {exc}", fg="red", err=True)
-        return 1
     except KeyboardInterrupt:
-        click.echo("interrupted; cleaned up", err=True)
-        return 130
+        click.echo("interrupted; cleaning up", err=True)
+        code = 130
     finally:
+        _step("cleaning up (processes, rules, namespaces, veths)")
+        if lab is not None:
+            lab.down()
+            left = lab.namespaces()
+            if left:
+                click.secho(f"  namespaces left behind: {left}", fg="red", err=True)
+                code = code or 1
+            else:
+                click.echo(f"  removed: {', '.join(lab.ns(r) for r in ('client', 'gateway', 'server'))}")
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _run(lab: Lab, work: Path) -> int:
-    _step("creating lab namespaces 'client' and 'server' (veth 198.18.0.1 <-> 198.18.0.2)")
-    client = lab.add("client")
-    server = lab.add("server")
-    lab.link(client, f"{CLIENT_ADDR}/24", server, f"{SERVER_ADDR}/24")
-
-    _step(f"server: plain HTTP backend on 127.0.0.1:{BACKEND_PORT}")
-    site = work / "site"
-    (site / SECRET_PATH.strip("/")).parent.mkdir(parents=True)
-    (site / SECRET_PATH.strip("/")).write_text("hello from the backend, delivered through a rats-tls tunnel\n")
-    backend = lab.spawn(server, [sys.executable, "-m", "http.server", "--bind", "127.0.0.1",
-                                 "--directory", str(site), str(BACKEND_PORT)],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_port(server, "127.0.0.1", BACKEND_PORT, proc=backend)
-
-    aa_socket = work / "attestation-agent.sock"
-    _step(f"server: sample-TEE Attestation Agent (ttrpc) on unix://{aa_socket}")
-    aa = lab.spawn(server, [*_tng_nfq(), "dev", "aa", "--socket", str(aa_socket)],
-                   stdout=subprocess.DEVNULL, stderr=(work / "aa.log").open("w"))
-    _wait_for_file(aa_socket, aa)
-    _step(f"client: sample Attestation Service (REST) on 127.0.0.1:{AS_PORT}, policy trust_all")
-    as_proc = lab.spawn(client, [*_tng_nfq(), "dev", "as", "--listen", f"127.0.0.1:{AS_PORT}",
-                                 "--state-dir", str(work / "as-state")],
-                        stdout=subprocess.DEVNULL, stderr=(work / "as.log").open("w"))
-    wait_for_port(client, "127.0.0.1", AS_PORT, proc=as_proc)
-
-    ingress_cfg, egress_cfg = demo_configs(str(aa_socket))
-    logs = {}
-    for ns, name, cfg, role in ((server, "egress", egress_cfg, "server: tng-nfq egress (mapping, attest)"),
-                                (client, "ingress", ingress_cfg, "client: tng-nfq ingress (mapping, verify)")):
-        _step(f"{role}: {json.dumps(cfg)}")
-        logs[name] = work / f"{name}.log"
-        proc = lab.spawn(ns, [*_tng_nfq(), "--log-format", "json", "launch", "--config-content", json.dumps(cfg)],
-                         stdout=subprocess.DEVNULL, stderr=logs[name].open("w"))
-        wait_for_log_event(logs[name], "ready", proc)
-
-    pcap = work / "tunnel.pcap"
-    _step(f"client: curl http://127.0.0.1:{INGRESS_PORT}{SECRET_PATH}  (capturing tcp port {TUNNEL_PORT})")
-    with capture(client, TUNNEL_PORT, pcap):
-        result = client.run(["curl", "-sS", "--max-time", "20", f"http://127.0.0.1:{INGRESS_PORT}{SECRET_PATH}"],
-                            check=False)
-    if result.returncode != 0:
-        click.secho(f"curl failed ({result.returncode}): {result.stderr.strip()}", fg="red")
-        _show_logs(logs)
-        return 1
-    click.echo(f"response: {result.stdout.strip()}")
-
-    _step("what crossed the wire (tcpdump of the tunnel port, reassembled)")
-    report = analyze_pcap(pcap, TUNNEL_PORT)
-    for flow in report.flows:
-        click.echo(f"  {flow.summary()}")
-    leaked = report.contains(SECRET_PATH.encode()) or report.contains(b"hello from the backend")
-    ok = report.all_tls and not leaked
-    click.echo(f"  TLS on every flow: {'yes' if report.all_tls else 'NO'}")
-    click.echo(f"  request/response text seen in clear: {'YES' if leaked else 'no'}")
-
-    _step("access log of the tunnel")
-    verdicts: list = []
-    for name, path in logs.items():
-        for line in path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if entry.get("event") == "connection":
-                click.echo(f"  {name}: {entry['downstream']} -> {entry['listener']} ({entry['mode']}) -> "
-                           f"{entry['upstream']}: {entry['bytes_up']} B up, {entry['bytes_down']} B down, "
-                           f"encrypted={entry['encrypted']} attested={entry['attested']}")
-                if name == "ingress":
-                    verdicts.append(entry.get("peer_attestation"))
-    _step("attestation result (the client's verdict on the server)")
-    verdict = verdicts[-1] if verdicts else None
-    if verdict:
-        click.echo(f"  TEE type: {verdict['tee_type']}, policy: {', '.join(verdict['policy_ids'])}, "
-                   f"status: {verdict['status']} (model {verdict['model']}, AS http://127.0.0.1:{AS_PORT}/)")
-    else:
-        click.echo("  no verdict recorded")
-    ok = ok and bool(verdict) and verdict.get("status") == "affirming"
-    _step("cleaning up (processes, namespaces, veth)")
-    if ok:
+    if code == 0:
         click.secho("demo OK: the server was attested, the request went through the tunnel, "
                     "and the wire carried only TLS", fg="green")
-        return 0
-    click.secho("demo FAILED: the capture does not show a clean TLS tunnel", fg="red")
-    _show_logs(logs)
-    return 1
+    return code
 
 
-def _wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 15.0) -> None:
-    import time
+def _run(lab) -> int:
+    scenario = lab.find(SCENARIO)
+    _step("creating the lab: namespaces client, gateway, server "
+          "(192.168.56.10 -> 192.168.56.20 | 192.168.57.20 -> 192.168.57.30)")
+    lab.up()
+    _step(f"running scenario {scenario.title.removeprefix('Scenario ')} (vagrant/scenarios/{scenario.name}/)")
+    result = lab.run(scenario, out=click.echo,
+                     on_step=lambda st: _step(f"{st.role}: {st.script}  ({_purpose(st)})"))
+    summary = _summary(result.output)
+    if not result.ok:
+        click.secho(f"demo FAILED in step {result.steps[-1].step.role}: {result.steps[-1].step.script}",
+                    fg="red", err=True)
+        click.echo(result.logs, err=True)
+        return 1
+    _step("summary")
+    for label, value in summary:
+        click.echo(f"  {label:17} {value}")
+    return 0 if all(value != "(not seen)" for _, value in summary) else 1
 
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise LabError(f"{path} did not appear (process exit code {proc.poll()})")
-        time.sleep(0.05)
+
+_PURPOSES = {
+    ("gateway", "gateway.sh"): "Attestation Service, capture of the wire toward the server",
+    ("server", "server.sh"): "HTTP backend, Attestation Agent, netfilter egress with attest",
+    ("client", "client.sh"): "netfilter ingress with verify, then curl",
+    ("gateway", "check.sh"): "capture verdict",
+    ("server", "check.sh"): "what the server saw",
+}
 
 
-def _show_logs(logs: dict) -> None:
-    for name, path in logs.items():
-        click.echo(f"--- {name} log ---", err=True)
-        click.echo(path.read_text()[-3000:], err=True)
+def _purpose(step) -> str:
+    return _PURPOSES.get((step.role, step.script), "scenario step")
+
+
+def _summary(output: str) -> list[tuple[str, str]]:
+    """The lines the demo promises, picked out of the scenario scripts' output."""
+    def find(pattern: str) -> str:
+        m = re.search(pattern, output, re.M)
+        return m.group(1).strip() if m else "(not seen)"
+
+    flows = re.findall(r'^\[client\]\s+"src": "([^"]+)",\n\[client\]\s+"dst": "([^"]+)",\n'
+                       r'\[client\]\s+"endpoint": "([^"]+)"', output, re.M)
+    flows_text = "; ".join(f"{s} -> {d} captured for {e}" for s, d, e in flows) or "(none)"
+    return [
+        ("response:", find(r"^\[client\] response: (.*)$")),
+        ("attestation:", find(r"^\[client\] attestation verdict on the peer: (.*)$")),
+        ("/flows (client):", flows_text),
+        ("capture verdict:", find(r"^\[gateway\] verdict: (.*)$")),
+    ]

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -158,3 +159,22 @@ def test_vagrant_validate():
     assert res.returncode == 0, res.stdout + res.stderr
     assert "validated successfully" in res.stdout
     assert time.monotonic() - started < 300
+
+
+def test_demo_runs_scenario_1_prints_the_results_and_cleans_up():
+    """`make demo` == `tng-nfq demo`: scenario 1 in the mirror, then nothing left."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    exe = Path(sys.executable).with_name("tng-nfq")
+    proc = subprocess.Popen([str(exe), "demo"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = proc.communicate(timeout=180)
+
+    assert proc.returncode == 0, out
+    summary = out[out.index("==> summary"):]
+    assert re.search(r"response: +hello from the server backend, TNGLAB-SECRET-", summary), out
+    assert re.search(r"attestation: +TEE type sample, policy default, status affirming", summary), out
+    assert re.search(r"/flows \(client\): +192\.168\.56\.10:\d+ -> 192\.168\.57\.30:8080 captured", summary), out
+    assert re.search(r"capture verdict: +no plaintext on the wire", summary), out
+    assert '"classified": [' in out  # the admin API's /flows view itself
+    assert "demo OK" in out
+    assert [n for n in existing_namespaces() if n.startswith(f"tngnfq-{proc.pid}-")] == []
