@@ -4,6 +4,10 @@
 set -euo pipefail
 SRC=/srv/tng_nfq
 "$SRC/scripts/install-system-deps.sh"
+# the venv and NetfilterQueue's C extension need these on a plain Debian
+if ! python3 -c 'import ensurepip' 2>/dev/null || ! command -v python3-config >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv python3-dev >/dev/null
+fi
 if [ ! -x /opt/tng-nfq/bin/python ]; then
   python3 -m venv /opt/tng-nfq
   /opt/tng-nfq/bin/pip install -q --upgrade pip
