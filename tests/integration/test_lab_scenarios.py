@@ -102,6 +102,13 @@ def _toy_root(tmp_path: Path) -> Path:
     (toy / "start.sh").write_text('start_bg sleeper sleep 300\nsay "sleeping"\n')
     (toy / "boom.sh").write_text('fail "on purpose"\n')
     (toy / "never.sh").write_text('touch "$LAB_STATE/never-ran"\n')
+    clear = root / "8-plaintext"  # no tng-nfq at all: the wire check must say so
+    clear.mkdir()
+    (clear / "steps").write_text("server server.sh\ngateway gateway.sh\nclient client.sh\ngateway check.sh\n")
+    (clear / "server.sh").write_text("http_backend 8080\n")
+    (clear / "gateway.sh").write_text("capture_start 8080\n")
+    (clear / "client.sh").write_text('curl -sS --fail "http://$SERVER_IP:8080/$LAB_MARKER.txt"\n')
+    (clear / "check.sh").write_text("capture_check\n")
     return root
 
 
@@ -124,6 +131,23 @@ def test_a_failing_scenario_stops_everything_and_reports(tmp_path):
         assert not kept.ok and len(ns_pids(lab.ns("server"))) == 1
     finally:
         lab.down()
+    assert_gone(lab)
+
+
+def test_the_wire_check_catches_plaintext(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    lab = NetnsLab(prefix=f"tngnfq-{os.getpid()}-vclear", state_dir=tmp_path / "state", root=_toy_root(tmp_path))
+    try:
+        lab.up()
+        result = lab.run(lab.find("8"), marker="TNGLAB-SECRET-in-clear")
+    finally:
+        lab.down()
+    assert [s.returncode for s in result.steps] == [0, 0, 0, 1], result.output
+    assert "hello from the server backend, TNGLAB-SECRET-in-clear" in result.steps[2].output
+    assert "[NOT TLS]" in result.output and "PLAINTEXT" in result.output
+    assert "verdict: PLAINTEXT found on a tunnel port" in result.output
+    assert "FAILED: the capture shows something other than a clean rats-tls tunnel" in result.output
     assert_gone(lab)
 
 

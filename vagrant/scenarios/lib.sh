@@ -159,15 +159,17 @@ capture_start() {
   say "capturing tcp port $1 on $iface (the wire toward the server) -> $STATE/wire.pcap"
 }
 
-# capture_check: stop tcpdump, then prove the wire carried only TLS (rats-tls)
-# and never the scenario's secret marker.
+# capture_check [WIRE-CHECK OPTIONS]: stop tcpdump, then prove the wire carried
+# only TLS (rats-tls) and never the scenario's secret marker (options, e.g.
+# --allow-http-encapsulation, go to `tng-nfq lab wire-check`).
 capture_check() {
   [ -f "$STATE/wire.port" ] || fail "no capture was started"
   sleep 0.3
   stop_bg tcpdump INT
-  "$TNG_NFQ" lab wire-check --pcap "$STATE/wire.pcap" --port "$(cat "$STATE/wire.port")" \
-      --expect-absent "$LAB_MARKER" | sed "s/^/[$ROLE] /"
-  [ "${PIPESTATUS[0]}" = 0 ] || fail "the capture shows something other than a clean rats-tls tunnel"
+  if ! "$TNG_NFQ" lab wire-check --pcap "$STATE/wire.pcap" --port "$(cat "$STATE/wire.port")" \
+      --expect-absent "$LAB_MARKER" "$@" | sed "s/^/[$ROLE] /"; then
+    fail "the capture shows something other than a clean rats-tls tunnel"
+  fi
   pass "wire between client and server: TLS only, no plaintext"
 }
 
