@@ -41,10 +41,19 @@ def _not_yet(path: str, what: str) -> UnsupportedFeature:
 
 
 def build_ingress(spec: Ingress, reserved_ports: frozenset[int] = frozenset()) -> Endpoint:
+    endpoint = _build_ingress(spec, reserved_ports)
     if spec.encap_in_http is not None:
-        raise _not_yet(f"{spec.path}.encap_in_http", "HTTP encapsulation (encap_in_http)")
-    if spec.web_page_inject:
-        raise _not_yet(f"{spec.path}.web_page_inject", "web_page_inject")
+        from tng_nfq.tunnel.ingress.http_encap import HttpEncap
+
+        if not spec.ra.no_ra:
+            raise _not_yet(f"{spec.path}.encap_in_http", "HTTP encapsulation with remote attestation")
+
+        endpoint.http_layer = HttpEncap(spec.encap_in_http, endpoint.security, spec.path,
+                                        inject=spec.web_page_inject)
+    return endpoint
+
+
+def _build_ingress(spec: Ingress, reserved_ports: frozenset[int]) -> Endpoint:
     if isinstance(spec.mode, NetfilterIngress):
         security = TunnelSecurity.for_endpoint(spec.ra, spec.path, server_side=False)
         return NetfilterIngressEndpoint(spec, security, reserved_ports)
@@ -58,8 +67,18 @@ def build_ingress(spec: Ingress, reserved_ports: frozenset[int] = frozenset()) -
 
 
 def build_egress(spec: Egress, reserved_ports: frozenset[int] = frozenset()) -> Endpoint:
+    endpoint = _build_egress(spec, reserved_ports)
     if spec.decap_from_http is not None:
-        raise _not_yet(f"{spec.path}.decap_from_http", "HTTP decapsulation (decap_from_http)")
+        from tng_nfq.tunnel.egress.http_decap import HttpDecap
+
+        if not spec.ra.no_ra:
+            raise _not_yet(f"{spec.path}.decap_from_http", "HTTP decapsulation with remote attestation")
+
+        endpoint.http_layer = HttpDecap(spec.decap_from_http, endpoint.security, spec.path)
+    return endpoint
+
+
+def _build_egress(spec: Egress, reserved_ports: frozenset[int]) -> Endpoint:
     if isinstance(spec.mode, NetfilterEgress):
         security = TunnelSecurity.for_endpoint(spec.ra, spec.path, server_side=True)
         return NetfilterEgressEndpoint(spec, security, reserved_ports)

@@ -121,19 +121,29 @@ def test_neither_config_option_is_a_usage_error(command):
     assert "exactly one of --config-file and --config-content" in result.stderr
 
 
-def test_check_valid_but_not_implemented_mode():
+def test_check_valid_but_not_available_feature():
     config = {"add_ingress": [{"mapping": {"in": {"host": "127.0.0.1", "port": 41000},
                                            "out": {"host": "127.0.0.1", "port": 30001}},
-                               "encap_in_http": {}, "no_ra": True}]}
+                               "verify": {"as_type": "builtin", "policy_ids": ["default"]}}]}
 
     result = run("check", "--config-content", json.dumps(config))
 
     assert result.exit_code == 2, result.output
     lines = error_lines(result)
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("tng-nfq: error: add_ingress[0].encap_in_http: "), lines[0]
-    assert "not implemented" in lines[0]
+    assert lines[0].startswith("tng-nfq: error: add_ingress[0].verify.as_type: "), lines[0]
+    assert "not available in tng_nfq" in lines[0]
     assert result.stdout == ""
+
+
+def test_check_encapsulation_config_is_accepted():
+    config = {"add_ingress": [{"mapping": {"in": {"host": "127.0.0.1", "port": 41000},
+                                           "out": {"host": "127.0.0.1", "port": 30001}},
+                               "encap_in_http": {}, "no_ra": True}]}
+
+    result = run("check", "--config-content", json.dumps(config))
+
+    assert result.exit_code == 0, result.output
 
 
 @pytest.mark.parametrize("command", ["launch", "check"])

@@ -98,8 +98,29 @@ class TcpListener:
         self.sock.close()
 
 
+class _HttpConnection:
+    """A connection served by an HTTP encapsulation layer, as the admin API
+    and `stop` see it (they know relays by `.stats` and `.abort`)."""
+
+    def __init__(self, sock: socket.socket, stats: ConnectionStats):
+        self.plain = sock
+        self.stats = stats
+        self.error: str | None = None
+
+    def abort(self, reason: str) -> None:
+        if self.error is None:
+            self.error = reason
+        try:
+            self.plain.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 class Endpoint(abc.ABC):
     kind = "endpoint"  # "ingress" / "egress"
+    # HttpEncap (ingress) / HttpDecap (egress) when the tunnel is carried in
+    # HTTP (encap_in_http / decap_from_http) instead of rats-tls.
+    http_layer = None
 
     def __init__(self, path: str, mode: str):
         self.path = path
@@ -200,6 +221,8 @@ class Endpoint(abc.ABC):
         """Ingress side: open the rats-tls tunnel to `target`, check the peer,
         relay the app's `sock` through it. Always consumes `sock`."""
         set_nodelay(sock)
+        if self.http_layer is not None:
+            return self.serve_http(sock, stats, target, so_mark)
         try:
             up = dial(target, so_mark)
         except OSError as exc:
@@ -217,6 +240,8 @@ class Endpoint(abc.ABC):
         """Egress side: accept the tunnel on `sock`, check the peer, and only
         then dial `backend` and relay. Always consumes `sock`."""
         set_nodelay(sock)
+        if self.http_layer is not None:
+            return self.serve_http(sock, stats, backend, so_mark)
         try:
             channel = self.security.new_channel(sock, HANDSHAKE_TIMEOUT)
             channel.handshake(HANDSHAKE_TIMEOUT)
@@ -232,6 +257,32 @@ class Endpoint(abc.ABC):
                 pass
             return self.failed(stats, f"cannot reach backend {stats.upstream}: {_reason(exc)}", sock)
         self.relay(Relay(up, channel, stats, plain_is_downstream=False))
+
+    def serve_http(self, sock: socket.socket, stats: ConnectionStats, address: tuple[str, int],
+                   so_mark: int | None, **kw) -> None:
+        """Run the HTTP encapsulation layer on `sock`, tracked like a relay."""
+        conn = _HttpConnection(sock, stats)
+        with self._lock:
+            self.relays.add(conn)
+            self.counters.active += 1
+            self._pending.discard(sock)
+        try:
+            self.http_layer.serve(self, sock, stats, address, so_mark, **kw)
+        finally:
+            with self._lock:
+                self.relays.discard(conn)
+                self.counters.active -= 1
+
+    def finish_http(self, stats: ConnectionStats, error: str | None, **extra) -> None:
+        """Count and log one connection served by the HTTP layer."""
+        with self._lock:
+            self.counters.total += 1
+            self.counters.bytes_up += stats.bytes_up
+            self.counters.bytes_down += stats.bytes_down
+            if error:
+                self.counters.failed += 1
+        stats.state = "closed"
+        self.access(stats, error, **extra)
 
     def new_stats(self, peer, listener: TcpListener) -> ConnectionStats:
         return ConnectionStats(endpoint=self.path, mode=self.mode, downstream=format_addr(peer),
@@ -286,4 +337,7 @@ class Endpoint(abc.ABC):
             fields["error"] = error
         if extra.get("clean_tls_close") is False and not error:
             fields["note"] = "peer closed without close_notify"
+        for key in ("requests", "tunneled"):
+            if key in extra:
+                fields[key] = extra[key]
         (access_log.warning if error else access_log.info)("connection", **fields)
