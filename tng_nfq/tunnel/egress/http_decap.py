@@ -47,6 +47,7 @@ log = structlog.get_logger(component="http_decap")
 IDLE_TIMEOUT = 60.0  # between two outer requests on one connection
 KEY_LIFETIME = 3600.0  # a fresh HPKE key pair at most this often
 REFUSED_PLAIN = 403
+_CODES = {403: "RejectNonTngRequest", 422: "ShouldRequestNewKeyConfigFromServer", 502: "BackendUnreachable"}
 
 REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 413: "Content Too Large",
            422: "Unprocessable Content", 500: "Internal Server Error", 502: "Bad Gateway",
@@ -225,14 +226,19 @@ class HttpDecap:
         elif body.metadata is not None and body.metadata.attestation_result is not None:
             pass  # an attesting client talking to a non-verifying egress: nothing to check
         req: bhttp.RequestHead = events.pop(0)
+        log.debug("inner request", endpoint=self.path, method=req.method, scheme=req.scheme,
+                  authority=req.authority, path=req.path, header_names=[n for n, _ in req.headers])
 
         up = self._connect(backend, so_mark, dial, stats)
         try:
             up_stream = HttpStream(up)
             # inner request to the backend, streamed
-            headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in req.headers]
-            headers = [(n, v) for n, v in end_to_end(headers) if n.lower() != "host"]
-            authority = req.authority.decode("latin-1") or f"{backend[0]}:{backend[1]}"
+            headers = end_to_end([(n.decode("latin-1"), v.decode("latin-1")) for n, v in req.headers])
+            hosts = [v for n, v in headers if n.lower() == "host"]
+            headers = [(n, v) for n, v in headers if n.lower() != "host"]
+            # Host: the authority of the control data if any (RFC 9292), else
+            # the inner Host field (what upstream's ingress sends), else the backend.
+            authority = req.authority.decode("latin-1") or (hosts[0] if hosts else f"{backend[0]}:{backend[1]}")
             has_length = any(n.lower() == "content-length" for n, _ in headers)
             # Peek whether a body follows (BHTTP does not say up front).
             while not events and more:
@@ -281,7 +287,12 @@ class HttpDecap:
             for piece in up_stream.body(resp.body(req.method.decode("latin-1"))):
                 stream.send_chunk(encoder.write(bhttp.encode_chunk(piece)))
             stream.send_chunk(encoder.finish(bhttp.encode_end()))
-            stream.end_chunks()
+            try:
+                stream.end_chunks()
+            except (BrokenPipeError, ConnectionResetError):
+                # upstream's ingress may hang up once the final OHTTP chunk is
+                # in, before the HTTP last-chunk: the response is complete
+                return False
         finally:
             try:
                 up.close()
@@ -332,10 +343,12 @@ class HttpDecap:
             raise Refused(502, f"cannot reach backend {stats.upstream}: "
                                f"{(exc.strerror or str(exc)).lower()}") from None
 
-    def _answer(self, stream: HttpStream, status: int, message: str, close: bool) -> None:
-        body = f"tng-nfq: {message}\n".encode()
+    def _answer(self, stream: HttpStream, status: int, message: str, close: bool, code: str = "") -> None:
+        # JSON {"code", "message"} like upstream's egress, so tools that read
+        # upstream's refusals read ours.
+        body = _json({"code": code or _CODES.get(status, "TngError"), "message": message})
         stream.send(h1.response_head(status, REASONS.get(status, "Error"),
-                                     [("Content-Type", "text/plain; charset=utf-8"),
+                                     [("Content-Type", "application/json"),
                                       ("Content-Length", str(len(body))),
                                       *([("Connection", "close")] if close else [])]) + body)
 

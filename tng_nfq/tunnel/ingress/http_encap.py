@@ -217,29 +217,42 @@ class HttpEncap:
 
     def _one_request(self, head: h1.Request, client: HttpStream, outer: HttpStream, server_key: ServerKey,
                      stats: ConnectionStats, target, so_mark) -> bool:
-        metadata = self.attestation.client_metadata() if self.attestation is not None else Metadata()
-        encoder = ChunkedRequestEncoder(server_key.configs[0])
+        config = server_key.configs[0]
+        # The key hint names the key we sealed to (upstream egresses require it).
+        metadata = (self.attestation.client_metadata(config.public_key) if self.attestation is not None
+                    else Metadata(key_hint=config.public_key))
+        encoder = ChunkedRequestEncoder(config)
         headers = end_to_end(head.headers)
         if self.inject:
             from tng_nfq.http.page_inject import restrict_accept_encoding
 
             headers = _str_headers(restrict_accept_encoding(_byte_headers(headers)))
         authority = head.authority
-        inner_headers = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers
-                         if n.lower() != "host"]
+        # Like upstream's ingress: empty scheme and authority in the control
+        # data, the Host field among the headers (an upstream egress turns a
+        # non-empty authority into an absolute-form request to the backend).
+        inner_headers = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers]
         outer_path = self.rewriter.outer_path(head.path)
+        try:
+            self._send_request(head, client, outer, encoder, metadata, authority, inner_headers,
+                               outer_path, target, stats)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the egress answered early (e.g. a refusal) and closed: read why below
+        return self._relay_response(head, client, outer, encoder, stats, target, so_mark)
+
+    def _send_request(self, head, client, outer, encoder, metadata, authority, inner_headers,
+                      outer_path, target, stats) -> None:
         outer.send(h1.request_head("POST", outer_path, [
             ("Host", authority or _fmt(target)), (API_HEADER, TUNNEL_API), MARKER_HEADER,
             ("Content-Type", REQUEST_MEDIA_TYPE), ("Transfer-Encoding", "chunked")]))
         outer.send_chunk(tunnel_body_prefix(metadata) + encoder.start() + encoder.write(
-            bhttp.encode_request_head(head.method.encode(), b"http", authority.encode("latin-1"),
-                                      head.path.encode("latin-1"), inner_headers)))
+            bhttp.encode_request_head(head.method.encode(), b"", b"", head.path.encode("latin-1"),
+                                      inner_headers)))
         for piece in client.body(head.body()):
             outer.send_chunk(encoder.write(bhttp.encode_chunk(piece)))
             stats.state = "relaying"
         outer.send_chunk(encoder.finish(bhttp.encode_end()))
         outer.end_chunks()
-        return self._relay_response(head, client, outer, encoder, stats, target, so_mark)
 
     def _relay_response(self, head, client: HttpStream, outer: HttpStream, encoder, stats, target, so_mark) -> bool:
         try:
