@@ -76,26 +76,28 @@ class KeyCache:
     by all connections, refreshed when they expire or the egress says 422."""
 
     def __init__(self, fetch):
-        self._fetch = fetch  # (target, so_mark) -> ServerKey
+        self._fetch = fetch  # (target, so_mark, path, host) -> ServerKey
         self._lock = threading.Lock()
         self._keys: dict[tuple, ServerKey] = {}
         self._locks: dict[tuple, threading.Lock] = {}
 
-    def get(self, target: tuple[str, int], so_mark: int | None) -> ServerKey:
-        key = (target, so_mark)
+    def get(self, target: tuple[str, int], so_mark: int | None, path: str, host: str) -> ServerKey:
+        # Per outer path like upstream: behind an L7 router each path may
+        # lead to a different egress, so each gets its own key configuration.
+        key = (target, so_mark, path)
         with self._lock:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:  # one fetch at a time per egress
             current = self._keys.get(key)
             if current is not None and current.expires > time.time():
                 return current
-            fresh = self._fetch(target, so_mark)
+            fresh = self._fetch(target, so_mark, path, host)
             self._keys[key] = fresh
             return fresh
 
-    def invalidate(self, target: tuple[str, int], so_mark: int | None) -> None:
+    def invalidate(self, target: tuple[str, int], so_mark: int | None, path: str) -> None:
         with self._lock:
-            self._keys.pop((target, so_mark), None)
+            self._keys.pop((target, so_mark, path), None)
 
 
 class HttpEncap:
@@ -112,7 +114,7 @@ class HttpEncap:
 
     # -- key configuration -------------------------------------------------------------
 
-    def _fetch_key(self, target: tuple[str, int], so_mark: int | None) -> ServerKey:
+    def _fetch_key(self, target: tuple[str, int], so_mark: int | None, path: str, host: str) -> ServerKey:
         from tng_nfq.tunnel.endpoint import dial
 
         model, challenge = (None, None)
@@ -126,8 +128,8 @@ class HttpEncap:
                                    f"{(exc.strerror or str(exc)).lower()}") from None
         stream = HttpStream(sock)
         try:
-            stream.send(h1.request_head("POST", "/", [
-                ("Host", _fmt(target)), (API_HEADER, KEY_CONFIG_API), MARKER_HEADER,
+            stream.send(h1.request_head("POST", path, [
+                ("Host", host), (API_HEADER, KEY_CONFIG_API), MARKER_HEADER,
                 ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
                 ("Connection", "close")]) + body)
             resp = stream.read_head(ResponseHeadParser(), RESPONSE_TIMEOUT)
@@ -175,7 +177,8 @@ class HttpEncap:
                 requests += 1
                 sent_before = client.bytes_out
                 try:
-                    server_key = self.keys.get(target, so_mark)
+                    outer_path = self.rewriter.outer_path(head.path)
+                    server_key = self.keys.get(target, so_mark, outer_path, head.authority or _fmt(target))
                     if server_key.verdict is not None:
                         stats.attested = True
                         stats.attestation = server_key.verdict.as_log_fields()
@@ -183,7 +186,7 @@ class HttpEncap:
                         stats.attested = True
                     if outer is None:
                         outer = HttpStream(self._dial(dial, target, so_mark))
-                    keep = self._one_request(head, client, outer, server_key, stats, target, so_mark)
+                    keep = self._one_request(head, client, outer, server_key, stats, target, so_mark, outer_path)
                 except EncapFailed as exc:
                     error = exc.message
                     if client.bytes_out == sent_before:
@@ -194,8 +197,10 @@ class HttpEncap:
                 head = None
         except ParseError as exc:
             error = exc.message
+            if requests == 0 and exc.status == 400:
+                error = f"this ingress carries HTTP only (encap_in_http), the client sent something else: {error}"
             try:
-                _answer(client, exc.status, exc.message)
+                _answer(client, exc.status, error)
             except OSError:
                 pass
         except OSError as exc:
@@ -216,7 +221,7 @@ class HttpEncap:
                                    f"{(exc.strerror or str(exc)).lower()}") from None
 
     def _one_request(self, head: h1.Request, client: HttpStream, outer: HttpStream, server_key: ServerKey,
-                     stats: ConnectionStats, target, so_mark) -> bool:
+                     stats: ConnectionStats, target, so_mark, outer_path: str) -> bool:
         config = server_key.configs[0]
         # The key hint names the key we sealed to (upstream egresses require it).
         metadata = (self.attestation.client_metadata(config.public_key) if self.attestation is not None
@@ -232,13 +237,12 @@ class HttpEncap:
         # data, the Host field among the headers (an upstream egress turns a
         # non-empty authority into an absolute-form request to the backend).
         inner_headers = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers]
-        outer_path = self.rewriter.outer_path(head.path)
         try:
             self._send_request(head, client, outer, encoder, metadata, authority, inner_headers,
                                outer_path, target, stats)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the egress answered early (e.g. a refusal) and closed: read why below
-        return self._relay_response(head, client, outer, encoder, stats, target, so_mark)
+        return self._relay_response(head, client, outer, encoder, stats, target, so_mark, outer_path)
 
     def _send_request(self, head, client, outer, encoder, metadata, authority, inner_headers,
                       outer_path, target, stats) -> None:
@@ -254,7 +258,8 @@ class HttpEncap:
         outer.send_chunk(encoder.finish(bhttp.encode_end()))
         outer.end_chunks()
 
-    def _relay_response(self, head, client: HttpStream, outer: HttpStream, encoder, stats, target, so_mark) -> bool:
+    def _relay_response(self, head, client: HttpStream, outer: HttpStream, encoder, stats, target, so_mark,
+                        outer_path: str) -> bool:
         try:
             resp = outer.read_head(ResponseHeadParser(), RESPONSE_TIMEOUT)
         except (PeerClosed, socket.timeout, TimeoutError) as exc:
@@ -262,7 +267,7 @@ class HttpEncap:
         if resp.status != 200:
             text = outer.read_all(resp.body("POST"), 64 * 1024).decode("utf-8", "replace").strip()
             if resp.status == 422:
-                self.keys.invalidate(target, so_mark)
+                self.keys.invalidate(target, so_mark, outer_path)
             raise EncapFailed(502, f"tunnel peer refused the request: HTTP {resp.status} {text[:200]}")
         decoder = encoder.response_decoder()
         inner = bhttp.BhttpDecoder(expect="response")

@@ -1,0 +1,249 @@
+"""HTTP encapsulation (encap_in_http / decap_from_http) end to end, through a
+real nginx that routes by path, in lab namespaces only.
+
+client namespace (198.18.0.1)              server namespace (198.18.0.2)
+  curl -> ingress 127.0.0.1:10001            nginx 198.18.0.2:8080
+          (mapping, encap_in_http,             /api/predict/ -> egress 127.0.0.1:20001
+           path_rewrites)  ==== HTTP ====>     /             -> 404 "no route"
+                                             egress (mapping, decap_from_http) -> app 127.0.0.1:30001
+
+The app echoes what it received (method, target, Host, body digest). A
+capture on the veth shows what nginx and the network see: outer POSTs with
+the rewritten path and the inner Host, nothing of the inner request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+
+import pytest
+
+from helpers.nginx import Nginx, nginx_binary
+from tng_nfq.lab.capture import capture
+from tng_nfq.lab.netns import wait_for_port
+
+pytestmark = pytest.mark.root
+
+INGRESS, NGINX, EGRESS, APP = 10001, 8080, 20001, 30001
+SECRET = "inner-secret-7d1f"
+REWRITES = [{"match_regex": "^/api/predict/([^/]+)([/]?.*)$", "substitution": "/api/predict/\\1"}]
+
+# An HTTP/1.1 origin that reports what it received, as JSON.
+APP_SOURCE = r'''
+import hashlib, http.server, json, sys
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _reply(self, body_in=b""):
+        out = json.dumps({"method": self.command, "target": self.path, "host": self.headers.get("Host"),
+                          "x_secret": self.headers.get("X-Secret"), "n": len(body_in),
+                          "sha": hashlib.sha256(body_in).hexdigest(),
+                          "te": self.headers.get("Transfer-Encoding")}).encode() + b"\n"
+        if self.path.endswith("/big"):
+            out = b"B" * (3 * 1024 * 1024)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(out)
+
+    def do_GET(self):
+        self._reply()
+
+    do_HEAD = do_GET
+
+    def do_POST(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = bytearray()
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        else:
+            data = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self._reply(bytes(data))
+
+    def log_message(self, *args):
+        pass
+
+http.server.ThreadingHTTPServer((sys.argv[2], int(sys.argv[1])), Handler).serve_forever()
+'''
+
+
+@pytest.fixture
+def app(lab, tmp_path):
+    source = tmp_path / "app.py"
+    source.write_text(APP_SOURCE)
+    # all addresses: the netfilter egress dials the original destination 198.18.0.2
+    proc = lab.lab.spawn(lab.server, [sys.executable, str(source), str(APP), "0.0.0.0"])
+    wait_for_port(lab.server, "127.0.0.1", APP, timeout=lab.WAIT, proc=proc)
+    return proc
+
+
+@pytest.fixture
+def nginx(lab, tmp_path):
+    if nginx_binary() is None:
+        pytest.skip("nginx not installed")
+    box = Nginx(lab.lab, lab.server, tmp_path, f"{lab.SERVER_ADDR}:{NGINX}",
+                {"/api/predict/": f"127.0.0.1:{EGRESS}"})
+    yield box
+    box.stop()
+
+
+def ingress_cfg(target_port: int = NGINX, **extra) -> dict:
+    return {"add_ingress": [{"mapping": {"in": {"host": "127.0.0.1", "port": INGRESS},
+                                         "out": {"host": "198.18.0.2", "port": target_port}},
+                             "encap_in_http": {"path_rewrites": REWRITES}, "no_ra": True, **extra}]}
+
+
+def egress_cfg(decap: dict | None = None) -> dict:
+    return {"add_egress": [{"mapping": {"in": {"host": "127.0.0.1", "port": EGRESS},
+                                        "out": {"host": "127.0.0.1", "port": APP}},
+                            "decap_from_http": decap or {}, "no_ra": True}]}
+
+
+def curl(lab, *args: str, ns=None) -> str:
+    proc = (ns or lab.client).run(["curl", "-sS", "--max-time", "20", *args], check=False, timeout=40)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def start_pair(lab, ingress_impl: str = "tng_nfq", egress_impl: str = "tng_nfq"):
+    eg = lab.start_gateway(egress_impl, lab.server, egress_cfg(), "egress")
+    ing = lab.start_gateway(ingress_impl, lab.client, ingress_cfg(), "ingress")
+    return ing, eg
+
+
+def test_requests_cross_nginx_routed_by_the_rewritten_path(lab, app, nginx, tmp_path):
+    ing, eg = start_pair(lab)
+    url = f"http://127.0.0.1:{INGRESS}/api/predict/model-a/v1/run?token={SECRET}"
+    body = os.urandom(2 * 1024 * 1024)
+    (tmp_path / "up.bin").write_bytes(body)
+    pcap = tmp_path / "wire.pcap"
+    with capture(lab.client, NGINX, pcap, interface="veth1a"):
+        got = json.loads(curl(lab, "-H", f"X-Secret: {SECRET}", url))
+        posted = json.loads(curl(lab, "--data-binary", f"@{tmp_path / 'up.bin'}", url))
+        chunked = json.loads(curl(lab, "-H", "Transfer-Encoding: chunked", "--data-binary",
+                                  f"@{tmp_path / 'up.bin'}", url))
+        big = curl(lab, f"http://127.0.0.1:{INGRESS}/api/predict/model-b/big")
+    # the app got the inner request exactly: method, full path + query, Host, headers, body
+    assert got == {"method": "GET", "target": f"/api/predict/model-a/v1/run?token={SECRET}",
+                   "host": f"127.0.0.1:{INGRESS}", "x_secret": SECRET, "n": 0,
+                   "sha": hashlib.sha256(b"").hexdigest(), "te": None}
+    assert (posted["method"], posted["n"], posted["sha"]) == ("POST", len(body), hashlib.sha256(body).hexdigest())
+    assert (chunked["n"], chunked["sha"]) == (len(body), hashlib.sha256(body).hexdigest())
+    assert big == "B" * (3 * 1024 * 1024)
+    # nginx saw outer POSTs only, on the rewritten path, with the inner Host and the tng marker
+    lab.poll_until(lambda: len(nginx.requests()) >= 6, "nginx log")
+    seen = nginx.requests()
+    assert [(r["method"], r["uri"], r["api"], r["status"]) for r in seen] == [
+        ("POST", "/api/predict/model-a", "/tng/key-config", 200)] + [
+        ("POST", "/api/predict/model-a", "/tng/tunnel", 200)] * 3 + [
+        ("POST", "/api/predict/model-b", "/tng/key-config", 200),
+        ("POST", "/api/predict/model-b", "/tng/tunnel", 200)], seen
+    assert all(r["host"] == "127.0.0.1" and r["tng"] for r in seen), seen
+    assert {r["content_type"] for r in seen if r["api"] == "/tng/tunnel"} == {"message/ohttp-chunked-req"}
+    # the wire between ingress and nginx: no inner path, header or body in clear
+    wire = pcap.read_bytes()
+    for needle in (SECRET.encode(), b"/v1/run", b"X-Secret", body[:64], b"B" * 64, b"GET /api"):
+        assert needle not in wire, needle
+    assert b"POST /api/predict/model-a HTTP/1.1" in wire
+    assert all(e["outcome"] == "ok" and e["encrypted"] for e in ing.access()), ing.access()
+
+
+def test_unrouted_path_gets_a_clear_error(lab, app, nginx):
+    """An inner path that path_rewrites maps to "/", which nginx does not
+    route to the egress: the key-config request (sent on the outer path,
+    like upstream) gets nginx's 404 and the application a 502 saying so."""
+    lab.start_nfq(lab.server, egress_cfg(), "egress")
+    ing = lab.start_nfq(lab.client, ingress_cfg(), "ingress")
+    proc = lab.client.run(["curl", "-sS", "--max-time", "20", "-w", "%{http_code}",
+                           f"http://127.0.0.1:{INGRESS}/other"], check=False, timeout=40)
+    assert proc.stdout.endswith("502"), proc.stdout
+    assert "key configuration" in proc.stdout and "HTTP 404" in proc.stdout, proc.stdout
+    (line,) = ing.wait_access(1)
+    assert line["outcome"] == "error" and "HTTP 404" in line["error"], line
+    assert [(r["uri"], r["api"], r["status"]) for r in nginx.requests()] == [("/", "/tng/key-config", 404)]
+
+
+@pytest.mark.parametrize("ingress_impl, egress_impl", [
+    ("upstream", "tng_nfq"), ("tng_nfq", "upstream"), ("upstream", "upstream")])
+def test_interop_with_upstream_through_nginx(lab, app, nginx, ingress_impl, egress_impl, tmp_path):
+    start_pair(lab, ingress_impl, egress_impl)
+    url = f"http://127.0.0.1:{INGRESS}/api/predict/model-a/x?q={SECRET}"
+    got = json.loads(curl(lab, "-H", f"X-Secret: {SECRET}", url))
+    assert (got["method"], got["target"], got["x_secret"]) == ("GET", f"/api/predict/model-a/x?q={SECRET}", SECRET)
+    body = os.urandom(1024 * 1024)
+    (tmp_path / "up.bin").write_bytes(body)
+    posted = json.loads(curl(lab, "--data-binary", f"@{tmp_path / 'up.bin'}", url))
+    assert (posted["n"], posted["sha"]) == (len(body), hashlib.sha256(body).hexdigest())
+    big = curl(lab, f"http://127.0.0.1:{INGRESS}/api/predict/model-b/big")
+    assert big == "B" * (3 * 1024 * 1024)
+    # nginx writes its log line once it has finished the request: wait for the last one
+    lab.poll_until(lambda: len([r for r in nginx.requests() if r["api"] == "/tng/tunnel"]) >= 3, "nginx log")
+    assert [r["uri"] for r in nginx.requests() if r["api"] == "/tng/tunnel"] == [
+        "/api/predict/model-a", "/api/predict/model-a", "/api/predict/model-b"]
+
+
+def test_keep_alive_requests_share_one_client_connection(lab, app, nginx):
+    ing, _ = start_pair(lab)
+    base = f"http://127.0.0.1:{INGRESS}/api/predict/m"
+    out = curl(lab, f"{base}/one", f"{base}/two", f"{base}/three")
+    targets = [json.loads(line)["target"] for line in out.splitlines()]
+    assert targets == ["/api/predict/m/one", "/api/predict/m/two", "/api/predict/m/three"]
+    (line,) = ing.wait_access(1)
+    assert line["requests"] == 3 and line["outcome"] == "ok", line
+
+
+def test_raw_tcp_client_gets_a_clear_error(lab, app, nginx):
+    ing, _ = start_pair(lab)
+    sock = lab.connect(INGRESS)
+    sock.sendall(b"\x16\x03\x01\x00\x05hello not http\r\n\r\n")
+    reply, _ = lab.recv_until_closed(sock)
+    sock.close()
+    assert reply.startswith(b"HTTP/1.1 400 "), reply
+    assert b"carries HTTP only" in reply.split(b"\r\n\r\n", 1)[1], reply
+    (line,) = ing.wait_access(1)
+    assert line["outcome"] == "error", line
+
+
+def test_manual_allow_non_tng_traffic_regexes(lab, app):
+    """The manual's example: netfilter egress capturing 30001 with
+    decap_from_http.allow_non_tng_traffic_regexes ["/api/builtin/.*"]."""
+    lab.start_nfq(lab.server, {"add_egress": [{
+        "netfilter": {"capture_dst": {"port": APP}, "capture_local_traffic": True},
+        "decap_from_http": {"allow_non_tng_traffic_regexes": ["/api/builtin/.*"]}, "no_ra": True}]}, "egress")
+    ing = lab.start_nfq(lab.client, {"add_ingress": [{
+        "mapping": {"in": {"host": "127.0.0.1", "port": INGRESS}, "out": {"host": "198.18.0.2", "port": APP}},
+        "encap_in_http": {"path_rewrites": REWRITES}, "no_ra": True}]}, "ingress")
+
+    def status(url: str, *extra: str, ns=None) -> tuple[int, str]:
+        proc = (ns or lab.server).run(["curl", "-sS", "--max-time", "20", "-o", "/dev/stdout", "-w",
+                                       "\n%{http_code}", *extra, url], check=False, timeout=40)
+        body, _, code = proc.stdout.rpartition("\n")
+        return int(code), body
+
+    # through the tunnel: works
+    code, body = status(f"http://127.0.0.1:{INGRESS}/", ns=lab.client)
+    assert code == 200 and json.loads(body)["target"] == "/", body
+    # plain traffic to the captured port: denied
+    code, body = status(f"http://127.0.0.1:{APP}")
+    assert code == 403 and "RejectNonTngRequest" in body, body
+    # the manual's four examples
+    assert status(f"http://127.0.0.1:{APP}/api/builtin")[0] == 403
+    code, body = status(f"http://127.0.0.1:{APP}/api/builtin/")
+    assert code == 200 and json.loads(body)["target"] == "/api/builtin/"
+    code, body = status(f"http://127.0.0.1:{APP}/api/builtin/abc")
+    assert code == 200 and json.loads(body)["method"] == "GET"
+    code, body = status(f"http://127.0.0.1:{APP}/api/builtin/abc", "-X", "POST")
+    assert code == 200 and json.loads(body)["method"] == "POST"
+    assert ing.access()[0]["outcome"] == "ok"
