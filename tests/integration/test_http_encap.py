@@ -247,3 +247,28 @@ def test_manual_allow_non_tng_traffic_regexes(lab, app):
     code, body = status(f"http://127.0.0.1:{APP}/api/builtin/abc", "-X", "POST")
     assert code == 200 and json.loads(body)["method"] == "POST"
     assert ing.access()[0]["outcome"] == "ok"
+
+
+def test_manual_http_proxy_with_encapsulation(lab, app):
+    """The manual's last example: http_proxy ingress (domain "*", port 30001)
+    with encap_in_http, netfilter egress with decap_from_http."""
+    lab.start_nfq(lab.server, {"add_egress": [{
+        "netfilter": {"capture_dst": {"port": APP}, "capture_local_traffic": True},
+        "decap_from_http": {}, "no_ra": True}]}, "egress")
+    ing = lab.start_nfq(lab.client, {"add_ingress": [{
+        "http_proxy": {"proxy_listen": {"host": "0.0.0.0", "port": 41000},
+                       "dst_filter": {"domain": "*", "port": APP}},
+        "encap_in_http": {"path_rewrites": REWRITES}, "no_ra": True}]}, "ingress")
+    env_curl = ["env", "all_proxy=http://127.0.0.1:41000", "curl", "-sS", "--max-time", "20"]
+    proc = lab.client.run([*env_curl, f"http://{lab.SERVER_ADDR}:{APP}/api/predict/m/x?k={SECRET}",
+                           f"http://{lab.SERVER_ADDR}:{APP}/two"], check=False, timeout=40)
+    assert proc.returncode == 0, proc.stderr
+    first, second = (json.loads(line) for line in proc.stdout.splitlines())
+    assert (first["target"], first["host"]) == (f"/api/predict/m/x?k={SECRET}", f"{lab.SERVER_ADDR}:{APP}")
+    assert second["target"] == "/two"
+    (line,) = ing.wait_access(1)
+    assert line["outcome"] == "ok" and line["requests"] == 2 and line["encrypted"], line
+    # raw TCP through CONNECT cannot be encapsulated: a clear refusal
+    proc = lab.client.run([*env_curl, "-p", "-w", "%{http_code}", "-o", "/dev/null",
+                           f"http://{lab.SERVER_ADDR}:{APP}/"], check=False, timeout=40)
+    assert "400" in proc.stdout + proc.stderr, (proc.stdout, proc.stderr)

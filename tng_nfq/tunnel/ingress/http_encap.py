@@ -177,6 +177,9 @@ class HttpEncap:
                 requests += 1
                 sent_before = client.bytes_out
                 try:
+                    if first_head is not None and head.authority.lower() != first_head.authority.lower():
+                        raise EncapFailed(502, f"one destination per proxy connection: this connection is "
+                                               f"tunneled to {first_head.authority}, not {head.authority}")
                     outer_path = self.rewriter.outer_path(head.path)
                     server_key = self.keys.get(target, so_mark, outer_path, head.authority or _fmt(target))
                     if server_key.verdict is not None:

@@ -365,6 +365,8 @@ class _Session:
             raise ParseError(508, f"refused, loop: {loop}")
         body = None if head.is_connect else head.body()  # framing errors are 400s before any byte leaves
         tunnel = should_tunnel(self.ep.mode_spec.dst_filters, head.host, head.port)
+        if tunnel and self.ep.http_layer is not None:
+            return self._encapsulate(head)
         key = (head.host.lower(), head.port, tunnel)
         if self.up is not None and (head.is_connect or self.up.key != key or self.up.ended.is_set()):
             self._finish_upstream()
@@ -403,6 +405,27 @@ class _Session:
         if head.wants_close:
             return False
         return True
+
+    def _encapsulate(self, head: RequestHead) -> bool:
+        """encap_in_http: the rest of this client connection goes to the HTTP
+        encapsulation layer (one destination per client connection)."""
+        if head.is_connect:
+            raise ParseError(400, "CONNECT cannot be carried by HTTP encapsulation: encap_in_http "
+                                  "carries HTTP requests only (send absolute-URI requests)")
+        self._finish_upstream()
+        from tng_nfq.http.h1 import Request
+        from tng_nfq.tunnel.http_stream import HttpStream
+
+        hosts = head.values("host")
+        authority = hosts[0].strip() if hosts else f"{head.host}:{head.port}"
+        request = Request(head.method, head.target, head.version, head.headers, authority=authority,
+                          path=head.path)
+        stats = self.ep.new_stats(self.peer, self.listener)
+        stats.upstream = format_addr((head.host, head.port))
+        stream = HttpStream(self.sock)
+        stream.buffered, self.pending = self.pending, b""
+        self.ep.serve_http(self.sock, stats, (head.host, head.port), None, first_head=request, stream=stream)
+        return False
 
     def _connect(self, head: RequestHead) -> bool:
         up, self.up = self.up, None
