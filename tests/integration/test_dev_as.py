@@ -439,8 +439,11 @@ def test_challenge_and_unknown_paths(net, logs):
               "    out.append([r.status, r.read().decode()])\n"
               "print(json.dumps(out))\n")
     proc = net["ns"].run([sys.executable, "-c", script])
-    (s1, nonce), (s2, _), (s3, err) = json.loads(proc.stdout)
-    assert s1 == 200 and len(base64.b64decode(nonce, validate=True)) == 32
+    (s1, challenge), (s2, _), (s3, err) = json.loads(proc.stdout)
+    challenge = json.loads(challenge)  # Trustee's shape: nonce + extra_params.jwt carrying it
+    assert s1 == 200 and len(base64.b64decode(challenge["nonce"], validate=True)) == 32
+    claims = json.loads(base64.urlsafe_b64decode(challenge["extra_params"]["jwt"].split(".")[1] + "=="))
+    assert claims["nonce"] == challenge["nonce"] and claims["exp"] > claims["iat"]
     assert s2 == 404
     assert s3 == 400 and err.startswith("invalid request body")
 

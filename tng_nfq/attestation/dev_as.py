@@ -266,6 +266,13 @@ class DevAttestationService:
         self.policy = policy
         self.clock = clock
 
+    def challenge(self) -> dict:
+        nonce = base64.b64encode(secrets.token_bytes(32)).decode()
+        now = int(self.clock())
+        token = jwt.encode({"nonce": nonce, "iat": now, "exp": now + TOKEN_LIFETIME}, self.identity.key,
+                           algorithm="ES256", headers={"typ": "JWT"})
+        return {"nonce": nonce, "extra_params": {"jwt": token}}
+
     def attest(self, req: AttestationRequest) -> str:
         """Appraise every verification request; one EAR token with a submod each."""
         ids = list(dict.fromkeys(req.policy_ids)) or ["default"]
@@ -339,8 +346,10 @@ def _make_handler(service: DevAttestationService) -> type[BaseHTTPRequestHandler
             if body is None:
                 return
             if path == "/challenge":
-                # a fresh nonce; only the OHTTP path uses it, the sample TEE needs none
-                self._send(200, base64.b64encode(secrets.token_bytes(32)))
+                # Trustee's answer: a fresh nonce, and in extra_params a JWT
+                # carrying it, which TNG's HTTP encapsulation binds into the
+                # evidence's runtime data as its challenge_token.
+                self._send(200, json.dumps(service.challenge()).encode(), "application/json")
                 return
             if path != "/attestation":
                 self._send(404, b"not found")
