@@ -45,8 +45,6 @@ def build_ingress(spec: Ingress, reserved_ports: frozenset[int] = frozenset()) -
     if spec.encap_in_http is not None:
         from tng_nfq.tunnel.ingress.http_encap import HttpEncap
 
-        if not spec.ra.no_ra:
-            raise _not_yet(f"{spec.path}.encap_in_http", "HTTP encapsulation with remote attestation")
 
         endpoint.http_layer = HttpEncap(spec.encap_in_http, endpoint.security, spec.path,
                                         inject=spec.web_page_inject)
@@ -71,8 +69,6 @@ def build_egress(spec: Egress, reserved_ports: frozenset[int] = frozenset()) -> 
     if spec.decap_from_http is not None:
         from tng_nfq.tunnel.egress.http_decap import HttpDecap
 
-        if not spec.ra.no_ra:
-            raise _not_yet(f"{spec.path}.decap_from_http", "HTTP decapsulation with remote attestation")
 
         endpoint.http_layer = HttpDecap(spec.decap_from_http, endpoint.security, spec.path)
     return endpoint

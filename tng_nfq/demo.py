@@ -116,12 +116,9 @@ def _summary(output: str) -> list[tuple[str, str]]:
         m = re.search(pattern, output, re.M)
         return m.group(1).strip() if m else "(not seen)"
 
-    flows = re.findall(r'^\[client\]\s+"src": "([^"]+)",\n\[client\]\s+"dst": "([^"]+)",\n'
-                       r'\[client\]\s+"endpoint": "([^"]+)"', output, re.M)
-    flows_text = "; ".join(f"{s} -> {d} captured for {e}" for s, d, e in flows) or "(none)"
     return [
         ("response:", find(r"^\[client\] response: (.*)$")),
         ("attestation:", find(r"^\[client\] attestation verdict on the peer: (.*)$")),
-        ("/flows (client):", flows_text),
+        ("/flows (client):", find(r"^\[client\] /flows: (.*)$")),
         ("capture verdict:", find(r"^\[gateway\] verdict: (.*)$")),
     ]

@@ -249,6 +249,27 @@ class AttestationServiceClient:
             return self._attest_grpc(req)
         return self._attest_rest(req)
 
+    def challenge(self) -> str:
+        """A challenge token (JWT) from `POST /challenge` (Trustee: `{"nonce", "extra_params": {"jwt"}}`),
+        used by HTTP encapsulation to prove the evidence is fresh. An AS too old
+        to have the API gets upstream's fallback, the literal "dummy nonce"."""
+        if self.use_grpc:
+            raise self._fail("challenge tokens need the REST API of the attestation service")
+        status, body = self._post_json("/challenge", {})
+        if not 200 <= status < 300:
+            if b"Failed to get inner tee" in body:
+                return "dummy nonce"
+            raise self._fail(f"challenge: HTTP {status}: {_one_line(body)}")
+        try:
+            obj = json.loads(body)
+            params = obj.get("extra_params", obj.get("extra-params"))
+            token = params["jwt"]
+            if not isinstance(token, str) or not token:
+                raise ValueError
+            return token
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise self._fail(f"challenge: answered {_one_line(body)!r}, not {{nonce, extra_params.jwt}}") from None
+
     def certificate_chain(self) -> list[x509.Certificate]:
         """The AS's token-signing chain from `GET /certificate` (REST only)."""
         if self.use_grpc:

@@ -132,6 +132,35 @@ class Attester:
         self._last_error = None
         return Identity.from_objects(cert, key, attested=True)
 
+    # -- evidence over arbitrary runtime data (HTTP encapsulation) ------------------
+
+    def evidence_for(self, runtime: dict) -> CocoEvidence:
+        """Fresh evidence from the AA over SHA-384 of the canonical JSON of `runtime`."""
+        digest = runtime_data_hash(runtime, "sha384")
+        client = AttestationAgentClient(self.cfg.aa_addr, timeout=PER_HANDSHAKE_AA_TIMEOUT)
+        tee_type, evidence, additional = client.collect(digest)
+        self._tee_type = tee_type
+        self._made_at = time.time()
+        return CocoEvidence(tee_type=tee_type, aa_evidence=evidence, aa_additional_evidence=additional,
+                            aa_runtime_data=canonical_json(runtime),
+                            aa_runtime_data_hash_algo=HASH_ALGO_IDS["sha384"])
+
+    def passport_token_for(self, runtime: dict) -> str:
+        """Evidence over `runtime`, appraised by our own AS (passport model): its token."""
+        from tng_nfq.attestation.as_client import AttestationServiceClient
+
+        coco = self.evidence_for(runtime)
+        as_client = AttestationServiceClient(self.cfg.as_addr, grpc=self.cfg.as_is_grpc)
+        return as_client.attest(tee=coco.tee_type, evidence=coco.aa_evidence, runtime_data=runtime,
+                                hash_algo="sha384", policy_ids=self.cfg.policy_ids,
+                                additional_evidence=coco.aa_additional_evidence)
+
+    def challenge_token(self) -> str:
+        """A challenge from our own AS (passport model)."""
+        from tng_nfq.attestation.as_client import AttestationServiceClient
+
+        return AttestationServiceClient(self.cfg.as_addr).challenge()
+
     def _refresh_loop(self) -> None:
         delay = RETRY_INITIAL
         if self.cfg.refresh_interval == 0:

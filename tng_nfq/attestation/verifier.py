@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 
 import structlog
 
-from tng_nfq.attestation.evidence import EvidenceError, parse_peer_certificate, runtime_data
+from tng_nfq.attestation.evidence import CocoEvidence, EvidenceError, canonical_json, parse_peer_certificate, runtime_data
 from tng_nfq.attestation.token import TokenRejected, load_trust_anchors, verify_token
 from tng_nfq.config.model import VerifyConfig
 
@@ -137,6 +137,71 @@ class Verifier:
         verdict = Verdict(tee_type=result.tee_type or (peer.coco.tee_type if peer.coco else None),
                           policy_ids=result.policy_ids, status=result.status, model=self.cfg.model,
                           as_addr=self.cfg.as_addr, expires=expires, verified_at=now)
+        with self._lock:
+            self._cache[key] = verdict
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return verdict
+
+    # -- HTTP encapsulation: tokens and evidence bound to other runtime data ---------
+
+    def challenge_token(self) -> str:
+        if self._as_client is None:
+            raise AttestationFailed("the passport model has no attestation service to ask for a challenge")
+        try:
+            return self._as_client.challenge()
+        except Exception as exc:
+            raise AttestationFailed(str(exc)) from None
+
+    def appraise_evidence(self, coco: "CocoEvidence") -> str:
+        """Background-check model: have our AS turn the peer's evidence into a token."""
+        from tng_nfq.attestation.as_client import AttestationServiceError
+
+        if self._as_client is None:
+            raise AttestationFailed("peer sent raw evidence but this endpoint expects a passport token")
+        algo = {1: "sha256", 7: "sha384", 8: "sha512"}.get(coco.aa_runtime_data_hash_algo)
+        if algo is None:
+            raise AttestationFailed(f"unknown runtime data hash algorithm {coco.aa_runtime_data_hash_algo}")
+        try:
+            structured = json.loads(coco.aa_runtime_data)
+        except ValueError:
+            raise AttestationFailed("the evidence's runtime data is not JSON") from None
+        try:
+            return self._as_client.attest(tee=coco.tee_type, evidence=coco.aa_evidence, runtime_data=structured,
+                                          hash_algo=algo, policy_ids=self.cfg.policy_ids,
+                                          additional_evidence=coco.aa_additional_evidence)
+        except AttestationServiceError as exc:
+            raise AttestationFailed(str(exc)) from None
+
+    def verify_bound_token(self, token: str, expected_runtime: dict) -> Verdict:
+        """Check a token whose runtime-data claims must contain `expected_runtime`
+        (e.g. the HPKE key configuration, or a client's HPKE public key).
+        Verdicts are cached per token."""
+        key = hashlib.sha256(token.encode() + canonical_json(expected_runtime).encode()).digest()
+        now = time.time()
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None and cached.expires > now:
+                self._cache.move_to_end(key)
+                self.stats.cache_hits += 1
+                return cached
+        try:
+            try:
+                result = verify_token(token, trust_anchors=self._trust_anchors(), policy_ids=self.cfg.policy_ids,
+                                      expected_runtime_data=expected_runtime)
+            except TokenRejected as exc:
+                raise AttestationFailed(f"attestation token rejected: {exc}") from None
+        except AttestationFailed as exc:
+            self.stats.failed += 1
+            self.stats.last_result = f"rejected: {exc}"
+            self.stats.last_at = time.time()
+            raise
+        verdict = Verdict(tee_type=result.tee_type, policy_ids=result.policy_ids, status=result.status,
+                          model=self.cfg.model, as_addr=self.cfg.as_addr, expires=result.expires.timestamp(),
+                          verified_at=now)
+        self.stats.ok += 1
+        self.stats.last_result = verdict.status
+        self.stats.last_at = now
         with self._lock:
             self._cache[key] = verdict
             while len(self._cache) > CACHE_SIZE:

@@ -48,13 +48,17 @@ class Metadata:
     attestation_result: str | None = None  # None: no_auth
     pk_s: bytes = b""
     key_hint: bytes | None = None
+    as_provider: str = ""  # which AS family issued the token; upstream 2.12 sends "coco"
 
     def encode(self) -> bytes:
         fields: list[tuple[int, Any]] = []
         if self.attestation_result is None:
             fields.append((1, b""))
         else:
-            fields.append((2, pb.encode_message([(1, self.attestation_result), (2, self.pk_s)])))
+            attested = [(1, self.attestation_result), (2, self.pk_s)]
+            if self.as_provider:
+                attested.append((3, self.as_provider))
+            fields.append((2, pb.encode_message(attested)))
         if self.key_hint is not None:
             fields.append((3, pb.encode_message([(1, self.key_hint)])))
         return pb.encode_message(fields)
@@ -67,7 +71,8 @@ class Metadata:
             key_hint = pb.get_bytes(hint, 1) if hint is not None else None
             attested = pb.get_message(fields, 2)
             if attested is not None:
-                return cls(pb.get_string(attested, 1), pb.get_bytes(attested, 2), key_hint)
+                return cls(pb.get_string(attested, 1), pb.get_bytes(attested, 2), key_hint,
+                           pb.get_string(attested, 3))
             if pb.get_message(fields, 1) is None:
                 raise OhttpError("metadata names no client authentication")
             return cls(None, b"", key_hint)
@@ -85,8 +90,9 @@ class TunnelBodyDecoder:
     metadata first (`metadata` once known), then the request plaintext."""
 
     def __init__(self, keys_for) -> None:
-        # `keys_for(metadata)` -> the key pairs to try (lets the gateway
-        # honour the key hint); called once the metadata is in.
+        # `keys_for(metadata)` -> (key pairs to try, HPKE auth-mode sender key
+        # or None); called once the metadata is in, so the gateway can honour
+        # the key hint and check the client's credential first.
         self._keys_for = keys_for
         self._buf = bytearray()
         self.metadata: Metadata | None = None
@@ -104,7 +110,8 @@ class TunnelBodyDecoder:
         if len(self._buf) < 4 + length:
             return b""
         self.metadata = Metadata.decode(bytes(self._buf[4:4 + length]))
-        self.decoder = ChunkedRequestDecoder(self._keys_for(self.metadata))
+        keys, sender = self._keys_for(self.metadata)
+        self.decoder = ChunkedRequestDecoder(keys, sender_public_key=sender)
         rest = bytes(self._buf[4 + length:])
         self._buf.clear()
         return self.decoder.feed(rest)

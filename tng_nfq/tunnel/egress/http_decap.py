@@ -14,6 +14,7 @@ One accepted connection carries a sequence of outer HTTP/1.1 requests:
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -29,7 +30,9 @@ from tng_nfq.http.ohttp.errors import OhttpError
 from tng_nfq.http.ohttp.keyconfig import KeyPair
 from tng_nfq.http.ohttp.tng import (
     API_HEADER,
+    CHALLENGE_API,
     KEY_CONFIG_API,
+    VERIFY_API,
     MAX_JSON_BODY,
     TUNNEL_API,
     HpkeKeyConfig,
@@ -102,7 +105,11 @@ class HttpDecap:
         self.path = path
         self.direct = DirectForwardRules(spec.allow_non_tng_traffic_regexes)
         self.keys = ServerKeys()
-        self.attestation = None  # set by attach_attestation (server_binding.py)
+        self.binding = None
+        if security.attester is not None or security.verifier is not None:
+            from tng_nfq.tunnel.ohttp_binding import ServerBinding
+
+            self.binding = ServerBinding(security, path)
 
     # -- one accepted connection ---------------------------------------------------
 
@@ -133,6 +140,8 @@ class HttpDecap:
                         keep = self._tunnel(head, stream, stats, backend, so_mark, dial)
                     elif api == KEY_CONFIG_API:
                         keep = self._key_config(head, stream)
+                    elif api in (CHALLENGE_API, VERIFY_API):
+                        keep = self._client_attestation(api, head, stream)
                     elif api is not None:
                         raise Refused(404, f"unknown {API_HEADER} {api!r}")
                     elif self.direct.allows(head.path):
@@ -180,17 +189,55 @@ class HttpDecap:
         return True
 
     def _attested_key_config(self, request: KeyConfigRequest, config: HpkeKeyConfig) -> KeyConfigResponse:
-        if request.model is None:
+        if self.binding is None:
             return KeyConfigResponse(config)
-        if self.attestation is None:
-            raise Refused(400, f"the client asks for {request.model} attestation but this egress does not attest")
-        return self.attestation.key_config_response(request, config)
+        from tng_nfq.tunnel.ohttp_binding import BindingRefused
+
+        try:
+            return self.binding.key_config_response(request, config)
+        except BindingRefused as exc:
+            raise Refused(exc.status, exc.message) from None
+
+    def _client_attestation(self, api: str, head: h1.Request, stream: HttpStream) -> bool:
+        """Background-check client attestation: hand out a challenge from our
+        AS, or have our AS appraise the client's evidence."""
+        from tng_nfq.tunnel.ohttp_binding import BindingRefused
+
+        body = stream.read_all(head.body(), MAX_JSON_BODY)
+        if self.binding is None:
+            raise Refused(500, "client attestation is not required by this egress")
+        try:
+            if api == CHALLENGE_API:
+                answer = self.binding.challenge()
+            else:
+                try:
+                    request = json.loads(body)
+                except ValueError:
+                    raise Refused(400, "verify request is not JSON") from None
+                if not isinstance(request, dict):
+                    raise Refused(400, "verify request is not a JSON object")
+                answer = self.binding.verify_evidence(request)
+        except BindingRefused as exc:
+            raise Refused(exc.status, exc.message) from None
+        payload = _json(answer)
+        stream.send(h1.response_head(200, "OK", [("Content-Type", "application/json"),
+                                                 ("Content-Length", str(len(payload)))]) + payload)
+        return True
+
+    def _keys_for(self, metadata):
+        """Which keys may open this request, and with which client key (auth mode)."""
+        from tng_nfq.tunnel.ohttp_binding import sender_key
+
+        return self.keys.for_hint(metadata.key_hint), sender_key(metadata)
 
     def _tunnel(self, head: h1.Request, stream: HttpStream, stats: ConnectionStats,
                 backend: tuple[str, int], so_mark: int | None, dial) -> bool:
         if head.method != "POST":
             raise Refused(400, "tunnel requests must be POST")
-        body = TunnelBodyDecoder(lambda md: self.keys.for_hint(md.key_hint))
+        ctype = (header_values(head.headers, "content-type") or [""])[0].split(";")[0].strip().lower()
+        if ctype != REQUEST_MEDIA_TYPE:
+            raise Refused(400, f"tunnel requests must be {REQUEST_MEDIA_TYPE}, not {ctype or 'untyped'}")
+        body = TunnelBodyDecoder(self._keys_for)
         inner = bhttp.BhttpDecoder(expect="request")
         events: list = []
         pieces = stream.body(head.body())
@@ -221,10 +268,7 @@ class HttpDecap:
             if body.metadata is not None and body.decoder is not None and not body.decoder.ready:
                 raise Refused(422, f"cannot open the encapsulated request: {exc}") from None
             raise Refused(422 if "key" in str(exc) else 400, f"cannot open the encapsulated request: {exc}") from None
-        if self.attestation is not None:
-            self.attestation.check_client(body.metadata, stats)
-        elif body.metadata is not None and body.metadata.attestation_result is not None:
-            pass  # an attesting client talking to a non-verifying egress: nothing to check
+        self._check_client(body.metadata, stats)
         req: bhttp.RequestHead = events.pop(0)
         log.debug("inner request", endpoint=self.path, method=req.method, scheme=req.scheme,
                   authority=req.authority, path=req.path, header_names=[n for n, _ in req.headers])
@@ -286,7 +330,9 @@ class HttpDecap:
             stream.send_chunk(encoder.write(bhttp.encode_response_head(resp.status, resp_headers)))
             for piece in up_stream.body(resp.body(req.method.decode("latin-1"))):
                 stream.send_chunk(encoder.write(bhttp.encode_chunk(piece)))
-            stream.send_chunk(encoder.finish(bhttp.encode_end()))
+            # The final OHTTP chunk carries no plaintext: upstream's ingress
+            # stalls on one that does (docs/ohttp-wire.md §3.2).
+            stream.send_chunk(encoder.write(bhttp.encode_end()) + encoder.finish())
             try:
                 stream.end_chunks()
             except (BrokenPipeError, ConnectionResetError):
@@ -299,6 +345,22 @@ class HttpDecap:
             except OSError:
                 pass
         return True
+
+    def _check_client(self, metadata, stats: ConnectionStats) -> None:
+        stats.attested = self.security.attester is not None
+        if self.binding is None:
+            if metadata is not None and metadata.attestation_result is not None:
+                raise Refused(400, "the client sent attestation but this egress does not verify clients")
+            return
+        from tng_nfq.tunnel.ohttp_binding import BindingRefused
+
+        try:
+            verdict = self.binding.check_client(metadata)
+        except BindingRefused as exc:
+            raise Refused(exc.status, exc.message) from None
+        if verdict is not None:
+            stats.attested = True
+            stats.attestation = verdict.as_log_fields()
 
     def _forward_plain(self, head: h1.Request, stream: HttpStream, stats: ConnectionStats,
                        backend: tuple[str, int], so_mark: int | None, dial) -> bool:

@@ -17,6 +17,7 @@ and the connection is closed.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -26,18 +27,19 @@ import structlog
 
 from tng_nfq.config.model import EncapInHttp
 from tng_nfq.http import h1
-from tng_nfq.http.h1 import OriginHeadParser, ResponseHeadParser, end_to_end, header_values
+from tng_nfq.http.h1 import OriginHeadParser, ResponseHeadParser, end_to_end
 from tng_nfq.http.ohttp import bhttp
 from tng_nfq.http.ohttp.chunked import REQUEST_MEDIA_TYPE, ChunkedRequestEncoder
 from tng_nfq.http.ohttp.errors import OhttpError
 from tng_nfq.http.ohttp.keyconfig import KeyConfig
 from tng_nfq.http.ohttp.tng import (
     API_HEADER,
+    CHALLENGE_API,
     KEY_CONFIG_API,
+    VERIFY_API,
     MAX_JSON_BODY,
     TUNNEL_API,
     KeyConfigResponse,
-    Metadata,
     key_config_request,
     tunnel_body_prefix,
 )
@@ -69,6 +71,7 @@ class ServerKey:
     configs: list[KeyConfig]
     expires: float
     verdict: object | None = None  # the egress's attestation verdict, when verified
+    credential: object | None = None  # our attested HPKE key (ClientCredential), when we attest
 
 
 class KeyCache:
@@ -110,17 +113,59 @@ class HttpEncap:
         self.rewriter = PathRewriter(spec.path_rewrites)
         self.inject = inject
         self.keys = KeyCache(self._fetch_key)
-        self.attestation = None  # client-side binding checks (client_binding.py), set when attested/verifying
+        self.binding = None
+        if security.attester is not None or security.verifier is not None:
+            from tng_nfq.tunnel.ohttp_binding import ClientBinding
+
+            self.binding = ClientBinding(security, path)
 
     # -- key configuration -------------------------------------------------------------
 
     def _fetch_key(self, target: tuple[str, int], so_mark: int | None, path: str, host: str) -> ServerKey:
+        from tng_nfq.attestation.verifier import AttestationFailed
+
+        def api(name: str, obj) -> dict:
+            """One call of the egress's background-check API (client attestation)."""
+            if name == "challenge":
+                return self._call(target, so_mark, path, host, "GET", CHALLENGE_API, None, "challenge")
+            return self._call(target, so_mark, path, host, "POST", VERIFY_API, obj, "client verification")
+
+        credential = verdict = None
+        model, challenge = (None, None)
+        try:
+            if self.binding is not None:
+                credential = self.binding.credential(api)
+                model, challenge = self.binding.key_config_request()
+            response = KeyConfigResponse.parse(self._call(
+                target, so_mark, path, host, "POST", KEY_CONFIG_API, key_config_request(model, challenge),
+                "key configuration", raw=True))
+            configs = response.hpke_key_config.configs()
+            expires = min(float(response.hpke_key_config.expire_timestamp), time.time() + KEY_REFRESH)
+            if self.binding is not None:
+                verdict, verdict_expires = self.binding.check_server(response)
+                if verdict_expires is not None:
+                    expires = min(expires, verdict_expires)
+        except OhttpError as exc:
+            raise EncapFailed(502, f"bad key configuration from {_fmt(target)}: {exc}") from None
+        except AttestationFailed as exc:
+            raise EncapFailed(502, f"peer attestation failed: {exc}") from None
+        except EncapFailed:
+            raise
+        except Exception as exc:  # our AA/AS: this request fails, the ingress keeps serving
+            raise EncapFailed(502, f"attestation failed: {exc}") from None
+        if credential is not None:
+            expires = min(expires, credential.expires)
+        return ServerKey(configs, expires, verdict, credential)
+
+    def _call(self, target, so_mark, path: str, host: str, method: str, api_name: str, obj, what: str,
+              raw: bool = False):
+        """One JSON call to the egress's API on `path`; the answer's JSON (or raw bytes)."""
         from tng_nfq.tunnel.endpoint import dial
 
-        model, challenge = (None, None)
-        if self.attestation is not None:
-            model, challenge = self.attestation.key_config_request()
-        body = _json(key_config_request(model, challenge))
+        body = _json(obj) if obj is not None else b""
+        headers = [("Host", host), (API_HEADER, api_name), MARKER_HEADER]
+        if obj is not None:
+            headers += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
         try:
             sock = dial(target, so_mark)
         except OSError as exc:
@@ -128,31 +173,25 @@ class HttpEncap:
                                    f"{(exc.strerror or str(exc)).lower()}") from None
         stream = HttpStream(sock)
         try:
-            stream.send(h1.request_head("POST", path, [
-                ("Host", host), (API_HEADER, KEY_CONFIG_API), MARKER_HEADER,
-                ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                ("Connection", "close")]) + body)
+            stream.send(h1.request_head(method, path, [*headers, ("Connection", "close")]) + body)
             resp = stream.read_head(ResponseHeadParser(), RESPONSE_TIMEOUT)
-            payload = stream.read_all(resp.body("POST"), MAX_JSON_BODY)
+            payload = stream.read_all(resp.body(method), MAX_JSON_BODY)
         except (OSError, PeerClosed, ParseError) as exc:
-            raise EncapFailed(502, f"key configuration from {_fmt(target)} failed: {_why(exc)}") from None
+            raise EncapFailed(502, f"{what} from {_fmt(target)} failed: {_why(exc)}") from None
         finally:
             stream.close()
         if resp.status != 200:
-            raise EncapFailed(502, f"key configuration from {_fmt(target)} refused: HTTP {resp.status} "
-                                   f"{payload[:200].decode('utf-8', 'replace').strip()}")
+            raise EncapFailed(502, f"{what} from {_fmt(target)} refused: HTTP {resp.status} "
+                                   f"{payload[:300].decode('utf-8', 'replace').strip()}")
+        if raw:
+            return payload
         try:
-            response = KeyConfigResponse.parse(payload)
-            configs = response.hpke_key_config.configs()
-        except OhttpError as exc:
-            raise EncapFailed(502, f"bad key configuration from {_fmt(target)}: {exc}") from None
-        expires = min(float(response.hpke_key_config.expire_timestamp), time.time() + KEY_REFRESH)
-        verdict = None
-        if self.attestation is not None:
-            verdict, verdict_expires = self.attestation.check_server(response)
-            if verdict_expires is not None:
-                expires = min(expires, verdict_expires)
-        return ServerKey(configs, expires, verdict)
+            answer = json.loads(payload)
+        except ValueError:
+            raise EncapFailed(502, f"{what} from {_fmt(target)}: answer is not JSON") from None
+        if not isinstance(answer, dict):
+            raise EncapFailed(502, f"{what} from {_fmt(target)}: answer is not a JSON object")
+        return answer
 
     # -- one application connection ----------------------------------------------------------
 
@@ -185,7 +224,7 @@ class HttpEncap:
                     if server_key.verdict is not None:
                         stats.attested = True
                         stats.attestation = server_key.verdict.as_log_fields()
-                    elif self.security.attester is not None:
+                    elif server_key.credential is not None:
                         stats.attested = True
                     if outer is None:
                         outer = HttpStream(self._dial(dial, target, so_mark))
@@ -225,11 +264,14 @@ class HttpEncap:
 
     def _one_request(self, head: h1.Request, client: HttpStream, outer: HttpStream, server_key: ServerKey,
                      stats: ConnectionStats, target, so_mark, outer_path: str) -> bool:
+        from tng_nfq.tunnel.ohttp_binding import metadata_for
+
         config = server_key.configs[0]
-        # The key hint names the key we sealed to (upstream egresses require it).
-        metadata = (self.attestation.client_metadata(config.public_key) if self.attestation is not None
-                    else Metadata(key_hint=config.public_key))
-        encoder = ChunkedRequestEncoder(config)
+        credential = server_key.credential
+        # The key hint names the key we sealed to (upstream egresses require it);
+        # an attested client seals in HPKE auth mode with its attested key.
+        metadata = metadata_for(credential, config.public_key)
+        encoder = ChunkedRequestEncoder(config, sender_private_key=credential.private_key if credential else None)
         headers = end_to_end(head.headers)
         if self.inject:
             from tng_nfq.http.page_inject import restrict_accept_encoding
@@ -258,7 +300,8 @@ class HttpEncap:
         for piece in client.body(head.body()):
             outer.send_chunk(encoder.write(bhttp.encode_chunk(piece)))
             stats.state = "relaying"
-        outer.send_chunk(encoder.finish(bhttp.encode_end()))
+        # the final OHTTP chunk carries no plaintext (upstream's egress refuses one that does)
+        outer.send_chunk(encoder.write(bhttp.encode_end()) + encoder.finish())
         outer.end_chunks()
 
     def _relay_response(self, head, client: HttpStream, outer: HttpStream, encoder, stats, target, so_mark,
