@@ -48,6 +48,8 @@ def build_ingress(spec: Ingress, reserved_ports: frozenset[int] = frozenset()) -
 
         endpoint.http_layer = HttpEncap(spec.encap_in_http, endpoint.security, spec.path,
                                         inject=spec.web_page_inject)
+        if endpoint.security.attester is not None:
+            endpoint.security.attester.make_certificates = False
     return endpoint
 
 
@@ -71,6 +73,8 @@ def build_egress(spec: Egress, reserved_ports: frozenset[int] = frozenset()) -> 
 
 
         endpoint.http_layer = HttpDecap(spec.decap_from_http, endpoint.security, spec.path)
+        if endpoint.security.attester is not None:
+            endpoint.security.attester.make_certificates = False
     return endpoint
 
 

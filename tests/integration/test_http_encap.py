@@ -17,13 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 
 import pytest
 
+from helpers.http_app_runner import start_app
 from helpers.nginx import Nginx, nginx_binary
 from tng_nfq.lab.capture import capture
-from tng_nfq.lab.netns import wait_for_port
 
 pytestmark = pytest.mark.root
 
@@ -31,62 +30,11 @@ INGRESS, NGINX, EGRESS, APP = 10001, 8080, 20001, 30001
 SECRET = "inner-secret-7d1f"
 REWRITES = [{"match_regex": "^/api/predict/([^/]+)([/]?.*)$", "substitution": "/api/predict/\\1"}]
 
-# An HTTP/1.1 origin that reports what it received, as JSON.
-APP_SOURCE = r'''
-import hashlib, http.server, json, sys
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def _reply(self, body_in=b""):
-        out = json.dumps({"method": self.command, "target": self.path, "host": self.headers.get("Host"),
-                          "x_secret": self.headers.get("X-Secret"), "n": len(body_in),
-                          "sha": hashlib.sha256(body_in).hexdigest(),
-                          "te": self.headers.get("Transfer-Encoding")}).encode() + b"\n"
-        if self.path.endswith("/big"):
-            out = b"B" * (3 * 1024 * 1024)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(out)
-
-    def do_GET(self):
-        self._reply()
-
-    do_HEAD = do_GET
-
-    def do_POST(self):
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            data = bytearray()
-            while True:
-                size = int(self.rfile.readline().split(b";")[0], 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                data += self.rfile.read(size)
-                self.rfile.readline()
-        else:
-            data = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        self._reply(bytes(data))
-
-    def log_message(self, *args):
-        pass
-
-http.server.ThreadingHTTPServer((sys.argv[2], int(sys.argv[1])), Handler).serve_forever()
-'''
 
 
 @pytest.fixture
-def app(lab, tmp_path):
-    source = tmp_path / "app.py"
-    source.write_text(APP_SOURCE)
-    # all addresses: the netfilter egress dials the original destination 198.18.0.2
-    proc = lab.lab.spawn(lab.server, [sys.executable, str(source), str(APP), "0.0.0.0"])
-    wait_for_port(lab.server, "127.0.0.1", APP, timeout=lab.WAIT, proc=proc)
-    return proc
+def app(lab):
+    return start_app(lab, APP)
 
 
 @pytest.fixture

@@ -61,6 +61,9 @@ class Attester:
         self._lock = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # False for HTTP encapsulation, which binds evidence to HPKE keys on
+        # demand: no certificates are kept, the loop only proves the AA answers.
+        self.make_certificates = True
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -75,7 +78,8 @@ class Attester:
 
     @property
     def ready(self) -> bool:
-        return self._current is not None or (self.cfg.refresh_interval == 0 and self._made_at > 0)
+        on_demand = self.cfg.refresh_interval == 0 or not self.make_certificates
+        return self._current is not None or (on_demand and self._made_at > 0)
 
     def wait_ready(self, timeout: float) -> bool:
         with self._lock:
@@ -169,9 +173,15 @@ class Attester:
         else:
             # never keep a certificate past half its validity, whatever the interval
             interval = min(float(self.cfg.refresh_interval), CERT_VALIDITY_HOURS * 3600 / 2)
+        if not self.make_certificates:
+            interval = None
         while not self._stop.is_set():
             try:
-                identity = self._make_identity()
+                if self.make_certificates:
+                    identity = self._make_identity()
+                else:
+                    self.evidence_for({"tng-nfq": "attestation agent readiness probe"})
+                    identity = None
             except Exception as exc:  # AA/AS down, bad answers: retry, never die
                 self._last_error = _one_line(exc)
                 level = self.log.warning if self._current is None else self.log.info
@@ -187,8 +197,12 @@ class Attester:
                 if interval is not None:
                     self._current = identity
                 self._lock.notify_all()
-            self.log.info("attested certificate ready" if first else "attested certificate renewed",
-                          tee_type=self._tee_type, model=self.cfg.model)
+            if not self.make_certificates:
+                self.log.info("attestation agent answers; evidence is made per HPKE key configuration",
+                              tee_type=self._tee_type, model=self.cfg.model)
+            else:
+                self.log.info("attested certificate ready" if first else "attested certificate renewed",
+                              tee_type=self._tee_type, model=self.cfg.model)
             if interval is None:
                 return
             # Renew a little before the interval ends so handshakes never wait.

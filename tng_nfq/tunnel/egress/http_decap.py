@@ -122,6 +122,7 @@ class HttpDecap:
         error: str | None = None
         stats.state = "serving"
         stats.encrypted = False
+        stats.attested = self.security.attester is not None
         try:
             while True:
                 try:
