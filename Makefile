@@ -21,7 +21,7 @@ demo: venv
 	$(BIN)/tng-nfq demo
 
 test: venv
-	$(BIN)/pytest -ra $(PYTEST_ARGS)
+	TNG_NFQ_ARTIFACTS=$${TNG_NFQ_ARTIFACTS:-$(CURDIR)/test-artifacts} $(BIN)/pytest -ra $(PYTEST_ARGS)
 
 bench: venv
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -229,3 +229,39 @@ def test_passport_with_upstream(lab, att, upstream_side):
         lab.start_nfq(lab.server, server_cfg, "egress")
         lab.start_upstream(lab.client, client_cfg, "up-ingress")
         ok(lab)
+
+
+# -- web_page_inject, seen by a real browser ---------------------------------------------------
+
+@pytest.mark.timeout(240)
+def test_web_page_inject_shows_the_verdict_in_chromium(lab, att, tmp_path):
+    from helpers.browser import CHROMIUM, copy_artifact, dom, png_rows, screenshot
+
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed (Debian package chromium)")
+    aa = att.start_aa(lab.server)
+    svc = att.start_as(lab.client, port=CLIENT_AS)
+    start_app(lab, APP)
+    lab.start_nfq(lab.server, egress({"attest": attest(aa)}), "egress")
+    ing = lab.start_nfq(lab.client, {"add_ingress": [{**ingress({"verify": verify_bg(svc)})["add_ingress"][0],
+                                                      "web_page_inject": True}]}, "ingress")
+    url = f"http://127.0.0.1:{IN}/app/page"
+    text = dom(url, ns_name=lab.client.name)
+    png = tmp_path / "web_page_inject_e2e.png"
+    screenshot(url, png, ns_name=lab.client.name, width=1200, height=800)
+    copy_artifact(png)
+    # the bar, with the verdict on the origin, and the whole (gzip-decoded) page
+    assert 'data-attested="true"' in text, text[:2000]
+    for needle in ("ATTESTED", "sample", "default", svc.rest_addr):
+        assert needle in text, needle
+    assert "END-OF-PAGE" in text
+    body_at = text.lower().index("<body")
+    assert text.index("<tng-attestation-banner", body_at) < text.index("<h1>", body_at)
+    green = (0x17, 0x69, 0x2E)
+    band = [row for row in png_rows(png, 120)
+            if sum(all(abs(a - b) <= 12 for a, b in zip(px, green)) for px in row) > len(row) // 2]
+    assert len(band) >= 15, "no green bar at the top of the screenshot"
+    # JSON passes untouched, byte for byte
+    code, body = request(lab)
+    assert code == 200 and "tng-attestation-banner" not in body and json.loads(body)["target"] == "/hello?x=1"
+    assert all(e["outcome"] == "ok" for e in ing.access()), ing.access()

@@ -22,7 +22,25 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(out)
 
     def do_GET(self):
+        if self.path.endswith("/page"):
+            return self._page()
         self._reply()
+
+    def _page(self):
+        # an HTML page, gzip-compressed when the client accepts it (what
+        # web_page_inject must decode, inject into and re-frame)
+        page = (b"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Confidential app</title></head>"
+                b"<body><h1>Confidential application</h1>" + b"<p>filler paragraph</p>" * 300 +
+                b"<p id='end'>END-OF-PAGE</p></body></html>")
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        if "gzip" in self.headers.get("Accept-Encoding", ""):
+            import gzip
+            page = gzip.compress(page)
+            self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
 
     do_HEAD = do_GET
 

@@ -287,7 +287,7 @@ class HttpEncap:
                                outer_path, target, stats)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the egress answered early (e.g. a refusal) and closed: read why below
-        return self._relay_response(head, client, outer, encoder, stats, target, so_mark, outer_path)
+        return self._relay_response(head, client, outer, encoder, stats, target, so_mark, outer_path, server_key)
 
     def _send_request(self, head, client, outer, encoder, metadata, authority, inner_headers,
                       outer_path, target, stats) -> None:
@@ -305,7 +305,7 @@ class HttpEncap:
         outer.end_chunks()
 
     def _relay_response(self, head, client: HttpStream, outer: HttpStream, encoder, stats, target, so_mark,
-                        outer_path: str) -> bool:
+                        outer_path: str, server_key: ServerKey) -> bool:
         try:
             resp = outer.read_head(ResponseHeadParser(), RESPONSE_TIMEOUT)
         except (PeerClosed, socket.timeout, TimeoutError) as exc:
@@ -317,7 +317,7 @@ class HttpEncap:
             raise EncapFailed(502, f"tunnel peer refused the request: HTTP {resp.status} {text[:200]}")
         decoder = encoder.response_decoder()
         inner = bhttp.BhttpDecoder(expect="response")
-        writer = _ResponseWriter(client, head, self._banner(stats) if self.inject else None)
+        writer = _ResponseWriter(client, head, self._banner(server_key) if self.inject else None)
         try:
             for piece in outer.body(resp.body("POST")):
                 plain = decoder.feed(piece)
@@ -333,15 +333,15 @@ class HttpEncap:
             raise EncapFailed(502, "encapsulated response ended early")
         return not resp.wants_close and writer.keep_alive
 
-    def _banner(self, stats: ConnectionStats):
+    def _banner(self, server_key: ServerKey):
+        """What the top bar says: the verdict on the egress whose key sealed this response."""
         from tng_nfq.http.page_inject import AttestationBanner
 
-        verdict = stats.attestation
-        if verdict:
-            return AttestationBanner(attested=True, tee_type=verdict.get("tee_type"),
-                                     policy_ids=tuple(verdict.get("policy_ids") or ()),
-                                     as_address=self.security.ra.verify.as_addr if self.security.ra.verify else None,
-                                     verified_at=time.time(), detail=f"status {verdict.get('status')}")
+        verdict = server_key.verdict
+        if verdict is not None:
+            return AttestationBanner(attested=True, tee_type=verdict.tee_type, policy_ids=tuple(verdict.policy_ids),
+                                     as_address=verdict.as_addr, verified_at=verdict.verified_at,
+                                     detail=f"status {verdict.status}, {verdict.model} model")
         return AttestationBanner(attested=False, detail="this ingress does not verify the origin (no verify "
                                                         "configured)")
 
