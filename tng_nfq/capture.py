@@ -117,7 +117,7 @@ class PcapWriter:
 class FlowVerdict:
     flow: FlowReport
     http_requests: list[str] = field(default_factory=list)  # request lines seen in clear
-    encapsulated: int = 0  # POST requests carrying a `tng` header (HTTP encapsulation)
+    encapsulated: int = 0  # requests marked as HTTP encapsulation (`x-tng-ohttp-api` or `tng` header)
     leaks: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
@@ -131,9 +131,12 @@ class FlowVerdict:
         if self.http_requests:
             out.append(f"    HTTP requests in clear: {len(self.http_requests)} (first: {self.http_requests[0]})")
         if self.encapsulated:
-            out.append(f"    HTTP encapsulation requests (tng header): {self.encapsulated}")
+            out.append(f"    HTTP encapsulation requests (x-tng-ohttp-api / tng header): {self.encapsulated}")
         out += [f"    PLAINTEXT: {leak}" for leak in self.leaks]
         return out
+
+
+_ENCAP_MARKER = re.compile(rb"\r\n(?:x-tng-ohttp-api|tng):", re.IGNORECASE)
 
 
 def judge(flows: list[FlowReport], expect_absent: list[bytes]) -> list[FlowVerdict]:
@@ -142,9 +145,16 @@ def judge(flows: list[FlowReport], expect_absent: list[bytes]) -> list[FlowVerdi
         v = FlowVerdict(flow)
         requests = [m for m in HTTP_REQUEST_LINE.finditer(flow.c2s)]
         v.http_requests = [f"{m.group(1).decode()} {m.group(2).decode(errors='replace')}" for m in requests]
-        v.encapsulated = len(re.findall(rb"\r\ntng:", flow.c2s, flags=re.IGNORECASE))
-        if not flow.is_tls and v.http_requests and not v.encapsulated:
-            v.leaks.append(f"HTTP request line on a tunnel port: {v.http_requests[0]}")
+        plain = []
+        for m, line in zip(requests, v.http_requests):
+            head_end = flow.c2s.find(b"\r\n\r\n", m.start())
+            head = flow.c2s[m.start():head_end if head_end >= 0 else len(flow.c2s)]
+            if _ENCAP_MARKER.search(head):
+                v.encapsulated += 1  # its body is sealed (OHTTP); only the outer head is clear
+            else:
+                plain.append(line)
+        if not flow.is_tls and plain:
+            v.leaks.append(f"HTTP request line on a tunnel port: {plain[0]}")
         for marker in expect_absent:
             where = [d for d, data in (("up", flow.c2s), ("down", flow.s2c)) if marker in data]
             if where:

@@ -33,6 +33,11 @@ def test_verdicts():
     assert plain.leaks == ["HTTP request line on a tunnel port: GET /x"]
     encapsulated = judge([_flow(b"POST / HTTP/1.1\r\nHost: h\r\ntng: 1\r\n\r\n", tls=False)], [])[0]
     assert encapsulated.leaks == [] and encapsulated.encapsulated == 1
+    # upstream 2.x marks its requests with x-tng-ohttp-api only; a plain
+    # request on the same connection is still a leak
+    mixed = judge([_flow(b"POST /a HTTP/1.1\r\nX-Tng-Ohttp-Api: /tng/tunnel\r\n\r\nsealed"
+                         b"GET /health HTTP/1.1\r\nHost: h\r\n\r\n", tls=False)], [])[0]
+    assert mixed.encapsulated == 1 and mixed.leaks == ["HTTP request line on a tunnel port: GET /health"]
     tls = judge([_flow(b"\x16\x03\x01secret", tls=True)], [b"secret"])[0]
     assert tls.leaks == ["'secret' seen in clear (up)"]
     assert judge([_flow(b"\x16\x03\x01", tls=True)], [b"secret"])[0].leaks == []
