@@ -35,7 +35,7 @@ def test_verdicts():
     assert encapsulated.leaks == [] and encapsulated.encapsulated == 1
     # upstream 2.x marks its requests with x-tng-ohttp-api only; a plain
     # request on the same connection is still a leak
-    mixed = judge([_flow(b"POST /a HTTP/1.1\r\nX-Tng-Ohttp-Api: /tng/tunnel\r\n\r\nsealed"
+    mixed = judge([_flow(b"POST /a HTTP/1.1\r\nX-Tng-Ohttp-Api: /tng/tunnel\r\n\r\n6\r\nsealed\r\n0\r\n\r\n"
                          b"GET /health HTTP/1.1\r\nHost: h\r\n\r\n", tls=False)], [])[0]
     assert mixed.encapsulated == 1 and mixed.leaks == ["HTTP request line on a tunnel port: GET /health"]
     tls = judge([_flow(b"\x16\x03\x01secret", tls=True)], [b"secret"])[0]
