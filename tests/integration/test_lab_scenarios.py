@@ -197,7 +197,8 @@ def test_demo_runs_scenario_1_prints_the_results_and_cleans_up():
     summary = out[out.index("==> summary"):]
     assert re.search(r"response: +hello from the server backend, TNGLAB-SECRET-", summary), out
     assert re.search(r"attestation: +TEE type sample, policy default, status affirming", summary), out
-    assert re.search(r"/flows \(client\): +192\.168\.56\.10:\d+ -> 192\.168\.57\.30:8080 captured", summary), out
+    assert re.search(r"/flows \(client\): +1 live connection\(s\): 192\.168\.56\.10:\d+ -> 192\.168\.57\.30:8080 "
+                     r"\(open, attested=True, peer affirming\)", summary), out
     assert re.search(r"capture verdict: +no plaintext on the wire", summary), out
     assert '"classified": [' in out  # the admin API's /flows view itself
     assert "demo OK" in out

@@ -34,13 +34,14 @@ start_bg() {
 
 alive() { local pid; pid=$(cat "$STATE/$1.pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null; }
 
-# stop_bg NAME [SIGNAL]: signal, wait up to 10 s, then SIGKILL
+# stop_bg NAME [SIGNAL]: signal NAME (and its children: setsid made it a
+# process group leader), wait up to 10 s, then SIGKILL
 stop_bg() {
   local name=$1 sig=${2:-TERM} pid i
   pid=$(cat "$STATE/$name.pid" 2>/dev/null) || return 0
   kill -"$sig" "$pid" 2>/dev/null || { rm -f "$STATE/$name.pid"; return 0; }
   for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
+  kill -KILL -- "-$pid" 2>/dev/null || true
   rm -f "$STATE/$name.pid"
 }
 
@@ -193,4 +194,18 @@ verified_peers() {
   admin /status | "$PY" -c 'import json, sys
 d = json.load(sys.stdin)
 print(sum(e["attestation"].get("verifier", {}).get("verified", 0) for e in d["ingress"] + d["egress"]))'
+}
+
+# show_flows: the admin API's /flows, summed up in one line, then as it is
+show_flows() {
+  local flows
+  flows=$(admin /flows) || fail "admin API /flows"
+  printf '%s\n' "$flows" | "$PY" -c '
+import json, sys
+d = json.load(sys.stdin)
+live = ["%s -> %s (%s, attested=%s, peer %s)" % (f["downstream"], f["upstream"], f["state"], f["attested"],
+        (f.get("peer_attestation") or {}).get("status", "not verified")) for f in d["flows"]]
+print("[%s] /flows: %d live connection(s): %s; %d flow(s) classified by the NFQUEUE workers"
+      % (sys.argv[1], len(live), "; ".join(live) or "-", len(d["classified"])))' "$ROLE"
+  printf '%s\n' "$flows" | sed "s/^/[$ROLE]   /"
 }

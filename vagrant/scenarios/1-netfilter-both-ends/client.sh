@@ -16,8 +16,11 @@ say "response: $response"
 pass "the response came back through the tunnel"
 check_access tng-ingress yes
 pass "the server was attested before a byte was forwarded"
-say "admin API /flows (live connections and the NFQUEUE classifier's recent decisions):"
-admin /flows | sed "s/^/[$ROLE]   /"
+# one more connection, held open while the admin API is asked: /flows shows it live
+start_bg held sh -c "sleep 30 | nc $SERVER_IP 8080"
+wait_until held 20 sh -c "curl -sf http://127.0.0.1:$ADMIN_PORT/flows | grep -q '\"state\": \"open\"'"
+show_flows
+stop_bg held
 verified=$(verified_peers)
 say "admin API /status: verifier verified $verified peer(s)"
 [ "$verified" -ge 1 ] || fail "/status shows no verification"

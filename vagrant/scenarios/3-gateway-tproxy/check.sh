@@ -6,8 +6,7 @@ gateway)
   grep -q "\"downstream\": \"$CLIENT_IP:" "$STATE/tng-gateway.log" || fail "the gateway did not carry the client's connection"
   pass "the gateway caught the client's forwarded connection and attested the server"
   ip -4 rule | grep -q "lookup 5650" || fail "no policy-routing rule of the gateway role"
-  say "admin API /flows:"
-  admin /flows | sed "s/^/[$ROLE]   /"
+  show_flows
   capture_check
   check_as 1
   ;;
