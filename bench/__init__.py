@@ -11,8 +11,9 @@ PEER_NAMES = ("direct", "stunnel", "upstream-tng", "tng_nfq")
 BASELINE = "direct"
 HEADLINE = ("tng_nfq", "upstream-tng")  # numerator, denominator of the headline ratio
 
-SUITES = ("throughput", "connrate", "netfilter")
-# netfilter (two namespaces, ~3 min with 3 reps) is not in the default run: --suites netfilter
+SUITES = ("throughput", "connrate", "netfilter", "encap")
+# netfilter (two namespaces, ~3 min with 3 reps) and encap (HTTP encapsulation, ~2 min) are not in the
+# default run: --suites netfilter / --suites encap
 DEFAULT_SUITES = ("throughput", "connrate")
 # connrate variants "<peer>:<ra>"; ra "attest" = egress attest + ingress verify (one-way)
 CONNRATE_PEER_NAMES = ("direct", "upstream-tng:attest", "tng_nfq:attest", "upstream-tng:no_ra", "tng_nfq:no_ra")

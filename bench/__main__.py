@@ -25,6 +25,7 @@ from tng_nfq.lab.netns import Lab, existing_namespaces
 
 from . import CONNRATE_HEADLINES, DEFAULT_SUITES, PEER_NAMES, SUITES
 from . import connrate
+from . import encap as encapsuite
 from . import netfilter as nfsuite
 from .measure import Sample, first_line, foreign_processes, run_iperf_client, schedule
 from .peers import PEERS, Context, IperfServer, PeerError, Ports, venv_tool
@@ -90,6 +91,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="run tng-nfq (gateways and dev AA/AS) from this commit (e.g. HEAD), exported to a "
                          "temp dir and put first on PYTHONPATH, instead of the working tree that other "
                          "people may be editing meanwhile")
+    ap.add_argument("--encap-size-mb", type=float, default=None,
+                    help=f"encap: MiB per download and per upload (default {encapsuite.DEFAULTS['size_mb']}, "
+                         f"--quick {encapsuite.QUICK['size_mb']})")
+    ap.add_argument("--encap-rate-duration", type=float, default=None,
+                    help=f"encap: seconds of keep-alive requests per rate run (default "
+                         f"{encapsuite.DEFAULTS['rate_duration']:g}, --quick {encapsuite.QUICK['rate_duration']:g})")
     ap.add_argument("--quick", action="store_true",
                     help="short run (about 1.4 minutes with both suites): fewer repetitions, shorter runs")
     ap.add_argument("--out", type=Path, default=None,
@@ -114,6 +121,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.nf_connrate_duration = (args.connrate_duration if args.connrate_duration is not None
                                  else nf_preset["connrate_duration"])
     args.nf_syn_duration = nf_preset["syn_duration"]
+    enc_preset = encapsuite.QUICK if args.quick else encapsuite.DEFAULTS
+    if args.encap_size_mb is None:
+        args.encap_size_mb = enc_preset["size_mb"]
+    if args.encap_rate_duration is None:
+        args.encap_rate_duration = enc_preset["rate_duration"]
     if args.duration is None:
         args.duration = preset["duration"]
     if args.connrate_duration is None:
@@ -140,6 +152,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error("--connrate-duration must be between 0.5 and 600 seconds")
     if not 1 <= args.concurrency <= 512:
         ap.error("--concurrency must be between 1 and 512")
+    if not 1 <= args.encap_size_mb <= 4096 or not 0.5 <= args.encap_rate_duration <= 600:
+        ap.error("--encap-size-mb must be 1..4096 and --encap-rate-duration 0.5..600")
+    if "encap" in args.suites and not encapsuite.encap_peers(args.peers):
+        ap.error("encap has no peer among --peers (it runs direct, upstream-tng and tng_nfq)")
     if "connrate" in args.suites and not connrate.connrate_peers(args.peers):
         ap.error("connrate has no peer among --peers (it runs direct, upstream-tng and tng_nfq)")
     return args
@@ -159,6 +175,10 @@ def estimate_seconds(args) -> float:
         tp = sum(2 * 1.5 * (p != "direct") + len(args.streams) * (args.nf_duration + 0.7) for p in nfsuite.TP_PEERS)
         cr = sum(2 * 1.5 * (p != "direct") + args.nf_connrate_duration + 1.5 for p in nfsuite.CR_PEERS)
         total += 3.0 + args.reps * (tp + cr + 2.0 + args.nf_syn_duration + 1.0)
+    if "encap" in args.suites:
+        # start + rate window + ~1 s per 128 MiB each way through a tunnel
+        per_peer = 2.0 + args.encap_rate_duration + 2 * args.encap_size_mb / 128
+        total += 2.0 + args.reps * per_peer * len(encapsuite.encap_peers(args.peers))
     return total
 
 
@@ -360,6 +380,9 @@ def run(args: argparse.Namespace) -> int:
     do_tp = "throughput" in args.suites
     do_cr = "connrate" in args.suites
     do_nf = "netfilter" in args.suites
+    do_enc = "encap" in args.suites
+    enc_peers = encapsuite.encap_peers(args.peers) if do_enc else []
+    enc_state = None
     tp_peers = args.peers if do_tp else []
     cr_peers = connrate.connrate_peers(args.peers) if do_cr else []
     plan = schedule(tp_peers, args.reps) if do_tp else []
@@ -374,6 +397,9 @@ def run(args: argparse.Namespace) -> int:
         what.append(f"netfilter: throughput {len(nfsuite.TP_PEERS)} peers x streams {args.streams} x "
                     f"{args.nf_duration:g}s, connrate {len(nfsuite.CR_PEERS)} peers x {args.nf_connrate_duration:g}s, "
                     f"synrate {args.nf_syn_duration:g}s, {args.reps} reps")
+    if do_enc:
+        what.append(f"encap: {len(enc_peers)} peers x {args.reps} reps, {args.encap_size_mb:g} MiB down/up, "
+                    f"{args.encap_rate_duration:g}s keep-alive rate")
     _say(f"bench: {'; '.join(what)} (about {estimate_seconds(args) / 60:.1f} min); output in {out}")
     if args.nfq_env:
         _say(f"bench: tng-nfq runs with extra environment {args.nfq_env} (an experiment, not the default)")
@@ -445,6 +471,16 @@ def run(args: argparse.Namespace) -> int:
                 nf_error = f"{type(exc).__name__}: {exc}"
                 _say(f"bench: netfilter suite aborted: {nf_error}")
             timings["netfilter_s"] = round(time.monotonic() - t2, 1)
+        if do_enc:
+            t3 = time.monotonic()
+            encdir = logdir / "encap"
+            encdir.mkdir(exist_ok=True)
+            encwork = Path(tmp.name) / "encap"
+            encwork.mkdir(exist_ok=True)
+            enc_ctx = Context(lab=lab, workdir=encwork, logdir=encdir, ports=ports, nfq_env=args.nfq_env)
+            enc_state = encapsuite.Suite(args, lab, ns, enc_ctx, enc_peers)
+            enc_state.run()
+            timings["encap_s"] = round(time.monotonic() - t3, 1)
     except KeyboardInterrupt:
         interrupted = True
         _say("bench: interrupted, cleaning up")
@@ -503,7 +539,11 @@ def run(args: argparse.Namespace) -> int:
             "syn_duration": args.nf_syn_duration,
             "namespaces": "client 198.18.0.1/24 <-veth-> server 198.18.0.2/24 (lab addresses inside "
                           "the benchmark's own namespaces)"}
+    if do_enc:
+        results["encap"] = enc_state.results() if enc_state else {}
     foreign = set(runner.foreign) if runner else set()
+    if enc_state:
+        foreign |= enc_state.foreign
     if nf_state:
         foreign |= nf_state.foreign
     if cr_state:
@@ -537,6 +577,8 @@ def run(args: argparse.Namespace) -> int:
         tables.append(format_connrate_table(results["connrate"]))
     if do_nf and nf_state is not None:
         tables.append(nfsuite.format_table(results["netfilter"]))
+    if do_enc and results.get("encap", {}).get("peers"):
+        tables.append(encapsuite.format_table(results["encap"]))
     summary = "\n\n".join(tables)
     (out / "summary.txt").write_text(summary + "\n")
 

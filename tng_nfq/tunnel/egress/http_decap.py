@@ -345,6 +345,14 @@ class HttpDecap:
                 up.close()
             except OSError:
                 pass
+        # The rest of the outer body (the final OHTTP chunk, authenticated
+        # here, and the HTTP last-chunk), so that the next request on this
+        # connection starts at its head.
+        try:
+            while more:
+                more = pull()
+        except (OhttpError, ParseError, OSError):
+            return False
         return True
 
     def _check_client(self, metadata, stats: ConnectionStats) -> None:
