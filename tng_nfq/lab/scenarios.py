@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from tng_nfq.lab.netns import LabError, _kill_namespace_processes, _run, existing_namespaces
+from tng_nfq.lab.netns import LabError, _kill_namespace_processes, _run, existing_namespaces, sweep_stale
 
 ROLES = ("client", "gateway", "server")
 DEFAULT_PREFIX = "tnglab"
@@ -160,6 +160,7 @@ class NetnsLab:
 
     def up(self) -> None:
         """Create the namespaces, veths, addresses and routes (recreated if present)."""
+        sweep_stale()  # tngnfq-<pid>-* of runs killed hard (the demo's and the tests' prefixes)
         self.down()
         try:
             for role in ROLES:

@@ -110,7 +110,7 @@ check_access() {
 import json, sys, time
 path, want = sys.argv[1], sys.argv[2] == "yes"
 entries = []
-for _ in range(50):  # the access line is written when the connection ends
+for _ in range(150):  # the access line is written when the connection ends (<= 15 s)
     entries = []
     for line in open(path, errors="replace"):
         try:
