@@ -145,6 +145,7 @@ class NetnsLab:
         self.root = Path(root) if root else scenarios_dir()  # vagrant/scenarios
         self.state = Path(state_dir) if state_dir else STATE_ROOT / prefix
         self.tng_nfq = tng_nfq or _tng_nfq_executable()
+        self.leftovers: list[str] = []  # processes still running after stop.sh (then killed)
 
     def ns(self, role: str) -> str:
         return f"{self.prefix}-{role}"
@@ -304,6 +305,17 @@ class NetnsLab:
             subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=60, env=self.env("-"))
         except subprocess.TimeoutExpired:
             pass
+        # whatever the scripts did not track (or a daemon slow to exit): gone too
+        deadline = time.monotonic() + 5
+        while (pids := self._pids(role)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pids:
+            self.leftovers += [f"{role}: {_cmdline(pid)}" for pid in pids]
+            _kill_namespace_processes(self.ns(role))
+
+    def _pids(self, role: str) -> list[int]:
+        out = subprocess.run(["ip", "netns", "pids", self.ns(role)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split() if p.isdigit()]
 
     def logs(self, tail: int = 40) -> str:
         """The tails of every log the scripts left (for failure reports)."""
@@ -325,3 +337,10 @@ def _tng_nfq_executable() -> str:
     if found:
         return found
     raise LabError("tng-nfq is not installed next to this Python nor on PATH")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return f"{pid} " + Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return str(pid)
