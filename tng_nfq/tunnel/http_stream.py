@@ -10,7 +10,7 @@ from typing import Iterator
 from tng_nfq.http.h1 import BodyDecoder, LAST_CHUNK, chunk
 from tng_nfq.http.parser import ParseError
 
-READ_SIZE = 64 * 1024
+READ_SIZE = 256 * 1024  # fewer recv calls and loop turns per byte of a large body
 
 
 class PeerClosed(Exception):
@@ -23,6 +23,14 @@ class HttpStream:
         self.buffered = b""  # bytes read but not consumed yet
         self.bytes_in = 0
         self.bytes_out = 0
+        self._scratch = bytearray()  # reused for sealed chunks (send_sealed_chunk)
+        # A message goes out in a few writes (head, chunks, last chunk); with
+        # Nagle on, a write waiting for the ACK of the previous one stalls
+        # every keep-alive request for a delayed-ACK round.
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass  # not TCP (socketpair in tests, unix sockets)
 
     def _recv(self) -> bytes:
         data = self.sock.recv(READ_SIZE)
@@ -80,6 +88,24 @@ class HttpStream:
 
     def send_chunk(self, data: bytes) -> None:
         self.send(chunk(data))
+
+    def send_sealed_chunk(self, encoder, head: bytes, data) -> None:
+        """One HTTP chunk holding `encoder.write(head + data)`, sealed straight
+        into a reused buffer and sent with one call (no copies of `data`)."""
+        n = encoder.sealed_size(len(head) + len(data))
+        if not n:
+            return
+        size_line = b"%x\r\n" % n
+        total = len(size_line) + n + 2
+        if len(self._scratch) < total:
+            self._scratch = bytearray(max(total, 2 * len(self._scratch)))
+        with memoryview(self._scratch) as buf:
+            start = len(size_line)
+            buf[:start] = size_line
+            end = encoder.write_into(buf, start, head, data)
+            buf[end:end + 2] = b"\r\n"
+            self.sock.sendall(buf[:end + 2])
+        self.bytes_out += end + 2
 
     def end_chunks(self) -> None:
         self.send(LAST_CHUNK)

@@ -218,8 +218,17 @@ class BhttpDecoder:
     def feed(self, data: bytes) -> list[Event]:
         if self._failed:
             raise OhttpError("decoder already failed")
-        self._buf += data
         events: list[Event] = []
+        if (self._remaining and self._state in (_CHUNK, _CONTENT) and self._pos == len(self._buf)
+                and isinstance(data, bytes)):
+            # content straight from `data` (the common case of a large body):
+            # no trip through the buffer, no copy when all of it is content
+            take = min(len(data), self._remaining)
+            if take:
+                events.append(Data(data if take == len(data) else data[:take]))
+                self._remaining -= take
+                data = memoryview(data)[take:]
+        self._buf += data
         try:
             while True:
                 try:

@@ -41,6 +41,19 @@ REQUEST_MEDIA_TYPE = "message/ohttp-chunked-req"
 RESPONSE_MEDIA_TYPE = "message/ohttp-chunked-res"
 
 
+def _varint_size(value: int) -> int:
+    return 1 if value < 1 << 6 else 2 if value < 1 << 14 else 4 if value < 1 << 30 else 8
+
+
+def sealed_size(n: int, n_t: int = 16) -> int:
+    """Bytes of the non-final chunks that `n` plaintext bytes become (`write`)."""
+    full, rest = divmod(n, MAX_CHUNK_PLAINTEXT)
+    size = full * (_varint_size(MAX_CHUNK_PLAINTEXT + n_t) + MAX_CHUNK_PLAINTEXT + n_t)
+    if rest:
+        size += _varint_size(rest + n_t) + rest + n_t
+    return size
+
+
 class _ChunkWriter:
     """Seals plaintext into chunks behind a one-time prefix (header or nonce)."""
 
@@ -57,12 +70,46 @@ class _ChunkWriter:
     def write(self, data: bytes) -> bytes:
         if self._finished:
             raise OhttpError("write after the final chunk")
-        out = bytearray(self.start())
-        view = memoryview(bytes(data))
+        out = [self.start()]
+        view = memoryview(data)
+        seal = self._aead.seal
         for pos in range(0, len(view), MAX_CHUNK_PLAINTEXT):
-            ct = self._aead.seal(CHUNK_AAD, view[pos:pos + MAX_CHUNK_PLAINTEXT])
-            out += encode_varint(len(ct)) + ct
-        return bytes(out)
+            ct = seal(CHUNK_AAD, view[pos:pos + MAX_CHUNK_PLAINTEXT])
+            out.append(encode_varint(len(ct)))
+            out.append(ct)
+        return b"".join(out)
+
+    def write_into(self, buf: memoryview, pos: int, head: bytes, data) -> int:
+        """Seal `head + data` as non-final chunks into `buf` from `pos` on;
+        the position after them.  `buf` needs `sealed_size(len(head) + len(data))`
+        bytes of room; the prefix must have gone out already (`start`).
+        Same chunks as `write(head + data)`, without copying `data`."""
+        if self._finished:
+            raise OhttpError("write after the final chunk")
+        if self._prefix:
+            raise OhttpError("write_into before the prefix was taken")
+        n_t = self._aead.aead.n_t
+        seal_into = self._aead.seal_into
+        view = memoryview(data)
+        first = MAX_CHUNK_PLAINTEXT - len(head)
+        if head:
+            if first < 0:
+                raise OhttpError("write_into: head longer than one chunk")
+            pieces = [bytes(head) + bytes(view[:first])]
+            view = view[first:]
+        else:
+            pieces = []
+        for piece in pieces + [view[i:i + MAX_CHUNK_PLAINTEXT] for i in range(0, len(view), MAX_CHUNK_PLAINTEXT)]:
+            n = len(piece)
+            if not n:
+                continue
+            ct_len = n + n_t
+            size = _varint_size(ct_len)
+            buf[pos:pos + size] = encode_varint(ct_len)
+            pos += size
+            seal_into(CHUNK_AAD, piece, buf[pos:pos + ct_len])
+            pos += ct_len
+        return pos
 
     def finish(self, data: bytes = b"") -> bytes:
         """Everything left, ending with the final chunk.  Upstream always
@@ -84,30 +131,88 @@ class _ChunkReader:
         self._limit = MAX_CHUNK_PLAINTEXT + aead.aead.n_t
 
     def feed(self, data: bytes) -> bytes:
-        self._buf += data
-        if self._final:
-            self._check_final_size()
+        parts = self.feed_parts(data)
+        if not parts:
             return b""
-        out, pos = bytearray(), 0
-        while True:
-            got = read_varint(self._buf, pos)
-            if got is None:
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def feed_parts(self, data) -> list[bytes]:
+        """feed(), as the plaintext of each chunk completed (no join)."""
+        if self._final:
+            self._buf += data
+            self._check_final_size()
+            return []
+        out: list[bytes] = []
+        if self._buf:
+            # complete the chunk begun in an earlier slice, then go on in `data`
+            data = self._complete_pending(data, out)
+            if data is None:
+                return out
+        view = memoryview(data)
+        n = len(view)
+        pos = 0
+        limit = self._limit
+        open_ = self._aead.open
+        while pos < n:
+            first = view[pos]
+            size = 1 << (first >> 6)
+            if pos + size > n:
                 break
-            length, after = got
+            length = first & 0x3F
+            for i in range(pos + 1, pos + size):
+                length = (length << 8) | view[i]
+            after = pos + size
             if length == 0:
                 self._final = True
                 pos = after
                 break
-            if length > self._limit:
+            if length > limit:
                 raise OhttpError("OHTTP chunk too large")
-            if len(self._buf) - after < length:
+            if n - after < length:
                 break
-            out += self._aead.open(CHUNK_AAD, self._buf[after:after + length])
+            out.append(open_(CHUNK_AAD, view[after:after + length]))
             pos = after + length
-        del self._buf[:pos]
+        if pos < n:
+            self._buf += view[pos:]
         if self._final:
             self._check_final_size()
-        return bytes(out)
+        return out
+
+    def _complete_pending(self, data, out: list[bytes]):
+        """Top up the buffered partial chunk from `data`; the rest of `data`
+        to parse (None when everything went into the buffer)."""
+        view = memoryview(data)
+        buf = self._buf
+        got = read_varint(buf, 0)
+        if got is None:
+            # the length itself is split: borrow at most 8 bytes to finish it
+            take = min(len(view), 8)
+            probe = bytes(buf) + bytes(view[:take])
+            got = read_varint(probe, 0)
+            if got is None:
+                buf += view
+                return None
+        length, after = got
+        if length == 0:
+            # only a length split across slices gets here (a whole one in the
+            # buffer was seen by the loop): the final ciphertext follows it
+            self._final = True
+            rest = view[after - len(buf):]
+            buf.clear()
+            buf += rest
+            self._check_final_size()
+            return None
+        if length > self._limit:
+            raise OhttpError("OHTTP chunk too large")
+        need = after + length - len(buf)
+        if need > len(view):
+            buf += view
+            return None
+        buf += view[:need]
+        ct = bytes(buf[after:])
+        buf.clear()
+        out.append(self._aead.open(CHUNK_AAD, ct))
+        return view[need:]
 
     def _check_final_size(self) -> None:
         if len(self._buf) > self._limit:
@@ -188,6 +293,15 @@ class ChunkedRequestEncoder:
     def write(self, data: bytes) -> bytes:
         return self._writer.write(data)
 
+    def sealed_size(self, n: int) -> int:
+        """Bytes that `write` makes of `n` plaintext bytes."""
+        return sealed_size(n, self._writer._aead.aead.n_t)
+
+    def write_into(self, buf: memoryview, pos: int, head: bytes, data) -> int:
+        """`write(head + data)` into `buf` at `pos`, without copying `data`
+        (after `start`); the position after the chunks."""
+        return self._writer.write_into(buf, pos, head, data)
+
     def finish(self, data: bytes = b"") -> bytes:
         return self._writer.finish(data)
 
@@ -258,6 +372,15 @@ class ChunkedResponseEncoder:
 
     def write(self, data: bytes) -> bytes:
         return self._writer.write(data)
+
+    def sealed_size(self, n: int) -> int:
+        """Bytes that `write` makes of `n` plaintext bytes."""
+        return sealed_size(n, self._writer._aead.aead.n_t)
+
+    def write_into(self, buf: memoryview, pos: int, head: bytes, data) -> int:
+        """`write(head + data)` into `buf` at `pos`, without copying `data`
+        (after `start`); the position after the chunks."""
+        return self._writer.write_into(buf, pos, head, data)
 
     def finish(self, data: bytes = b"") -> bytes:
         return self._writer.finish(data)

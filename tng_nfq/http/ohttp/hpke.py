@@ -13,6 +13,8 @@ cryptography's X25519, HMAC, HKDF-Expand and AEAD primitives.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from typing import Callable
 
@@ -108,6 +110,14 @@ _KEM_SUITE_ID = b"KEM" + KEM_X25519_SHA256.to_bytes(2, "big")
 def _private(sk: bytes) -> X25519PrivateKey:
     if len(sk) != N_SK:
         raise OhttpError("X25519 private key must be 32 bytes")
+    return _private_cached(bytes(sk))
+
+
+@functools.lru_cache(maxsize=64)
+def _private_cached(sk: bytes) -> X25519PrivateKey:
+    # Loading a key costs as much as a key agreement (~60 µs); a gateway uses
+    # the same few static keys (its HPKE key pairs, an attested client key)
+    # for every request.  Ephemeral keys do not come through here.
     return X25519PrivateKey.from_private_bytes(sk)
 
 
@@ -154,9 +164,16 @@ def encap(pk_r: bytes, *, sk_s: bytes | None = None, sk_e: bytes | None = None) 
     `sk_e` pins the ephemeral key, for test vectors only.
     """
     if sk_e is None:
-        sk_e, _ = generate_key_pair()
-    enc = public_key_of(sk_e)
-    dh = _dh(sk_e, pk_r)
+        # a fresh ephemeral key, used as an object (not re-loaded from bytes)
+        key_e = X25519PrivateKey.generate()
+        enc = key_e.public_key().public_bytes_raw()
+        try:
+            dh = key_e.exchange(_public(pk_r))
+        except ValueError as exc:
+            raise OhttpError(f"X25519 key agreement failed: {exc}") from None
+    else:
+        enc = public_key_of(sk_e)
+        dh = _dh(sk_e, pk_r)
     kem_context = enc + pk_r
     if sk_s is not None:
         dh += _dh(sk_s, pk_r)
@@ -192,25 +209,37 @@ class AeadContext:
         self.base_nonce = base_nonce
         self.seq = 0
         self._cipher = aead.factory(key)
+        self._base = int.from_bytes(base_nonce, "big")
+        self._seq_limit = (1 << (8 * aead.n_n)) - 1
+        # cryptography >= 45 seals straight into a caller's buffer
+        self._encrypt_into = getattr(self._cipher, "encrypt_into", None)
 
     def _nonce(self) -> bytes:
         # The sequence number must never wrap: that would reuse a nonce.
-        if self.seq >= (1 << (8 * self.aead.n_n)) - 1:
+        if self.seq >= self._seq_limit:
             raise OhttpError("HPKE message limit reached")
-        seq = self.seq.to_bytes(self.aead.n_n, "big")
-        return bytes(a ^ b for a, b in zip(self.base_nonce, seq))
+        return (self._base ^ self.seq).to_bytes(self.aead.n_n, "big")
 
     def seal(self, aad: bytes, plaintext: bytes) -> bytes:
-        ct = self._cipher.encrypt(self._nonce(), bytes(plaintext), bytes(aad))
+        # bytes-like plaintext (memoryview slices) is sealed without a copy
+        ct = self._cipher.encrypt(self._nonce(), plaintext, aad)
         self.seq += 1
         return ct
+
+    def seal_into(self, aad: bytes, plaintext, out: memoryview) -> None:
+        """seal() writing the ciphertext into `out` (exactly len(plaintext) + n_t bytes)."""
+        if self._encrypt_into is not None:
+            self._encrypt_into(self._nonce(), plaintext, aad, out)
+        else:
+            out[:] = self._cipher.encrypt(self._nonce(), plaintext, aad)
+        self.seq += 1
 
     def open(self, aad: bytes, ciphertext: bytes) -> bytes:
         nonce = self._nonce()
         if len(ciphertext) < self.aead.n_t:
             raise OhttpError("ciphertext shorter than the AEAD tag")
         try:
-            pt = self._cipher.decrypt(nonce, bytes(ciphertext), bytes(aad))
+            pt = self._cipher.decrypt(nonce, ciphertext, aad)
         except InvalidTag:
             raise OhttpError("AEAD authentication failed") from None
         self.seq += 1  # only on success, as RFC 9180 §5.2 ContextR.Open does

@@ -28,6 +28,7 @@ from tng_nfq.http.ohttp import bhttp
 from tng_nfq.http.ohttp.chunked import REQUEST_MEDIA_TYPE, RESPONSE_MEDIA_TYPE
 from tng_nfq.http.ohttp.errors import OhttpError
 from tng_nfq.http.ohttp.keyconfig import KeyPair
+from tng_nfq.http.ohttp.varint import encode_varint
 from tng_nfq.http.ohttp.tng import (
     API_HEADER,
     CHALLENGE_API,
@@ -330,7 +331,8 @@ class HttpDecap:
             resp_headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in end_to_end(resp.headers)]
             stream.send_chunk(encoder.write(bhttp.encode_response_head(resp.status, resp_headers)))
             for piece in up_stream.body(resp.body(req.method.decode("latin-1"))):
-                stream.send_chunk(encoder.write(bhttp.encode_chunk(piece)))
+                # one BHTTP chunk (length, data) per piece, sealed without copying it
+                stream.send_sealed_chunk(encoder, encode_varint(len(piece)), piece)
             # The final OHTTP chunk carries no plaintext: upstream's ingress
             # stalls on one that does (docs/ohttp-wire.md §3.2).
             stream.send_chunk(encoder.write(bhttp.encode_end()) + encoder.finish())

@@ -32,6 +32,7 @@ from tng_nfq.http.ohttp import bhttp
 from tng_nfq.http.ohttp.chunked import REQUEST_MEDIA_TYPE, ChunkedRequestEncoder
 from tng_nfq.http.ohttp.errors import OhttpError
 from tng_nfq.http.ohttp.keyconfig import KeyConfig
+from tng_nfq.http.ohttp.varint import encode_varint
 from tng_nfq.http.ohttp.tng import (
     API_HEADER,
     CHALLENGE_API,
@@ -298,7 +299,8 @@ class HttpEncap:
             bhttp.encode_request_head(head.method.encode(), b"", b"", head.path.encode("latin-1"),
                                       inner_headers)))
         for piece in client.body(head.body()):
-            outer.send_chunk(encoder.write(bhttp.encode_chunk(piece)))
+            # one BHTTP chunk (length, data) per piece, sealed without copying it
+            outer.send_sealed_chunk(encoder, encode_varint(len(piece)), piece)
             stats.state = "relaying"
         # the final OHTTP chunk carries no plaintext (upstream's egress refuses one that does)
         outer.send_chunk(encoder.write(bhttp.encode_end()) + encoder.finish())
