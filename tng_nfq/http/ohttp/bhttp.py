@@ -219,15 +219,8 @@ class BhttpDecoder:
         if self._failed:
             raise OhttpError("decoder already failed")
         events: list[Event] = []
-        if (self._remaining and self._state in (_CHUNK, _CONTENT) and self._pos == len(self._buf)
-                and isinstance(data, bytes)):
-            # content straight from `data` (the common case of a large body):
-            # no trip through the buffer, no copy when all of it is content
-            take = min(len(data), self._remaining)
-            if take:
-                events.append(Data(data if take == len(data) else data[:take]))
-                self._remaining -= take
-                data = memoryview(data)[take:]
+        if self._pos == len(self._buf) and isinstance(data, bytes):
+            data = self._content_fast(data, events)
         self._buf += data
         try:
             while True:
@@ -244,6 +237,35 @@ class BhttpDecoder:
             del self._buf[:self._pos]
             self._pos = 0
         return events
+
+    def _content_fast(self, data: bytes, events: list[Event]):
+        """With nothing buffered: content (and chunk lengths between content)
+        straight from `data`, no trip through the buffer, no copy when a
+        whole slice is content.  What is left for the state machine."""
+        pos, n = 0, len(data)
+        while pos < n:
+            state = self._state
+            if state in (_CHUNK, _CONTENT) and self._remaining:
+                take = min(n - pos, self._remaining)
+                events.append(Data(data if take == n else data[pos:pos + take]))
+                pos += take
+                self._remaining -= take
+                if self._remaining:
+                    break
+                if state == _CONTENT:
+                    self._start_fields(_TRAILERS)
+                    break
+                self._state = _CHUNK_LEN
+            elif state == _CHUNK_LEN:
+                got = read_varint(data, pos)
+                if got is None or got[0] == 0:
+                    break  # split length, or the end of the content: the state machine's
+                self._chunks_seen = True
+                self._remaining, pos = got
+                self._state = _CHUNK
+            else:
+                break
+        return memoryview(data)[pos:] if pos else data
 
     def finish(self) -> list[Event]:
         """End of input: the message must be complete, or truncated only where

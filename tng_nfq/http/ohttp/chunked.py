@@ -256,6 +256,19 @@ class _Decoder:
             self._failed = True
             raise
 
+    def feed_parts(self, data) -> list[bytes]:
+        """feed(), as the plaintext of each chunk completed (not joined)."""
+        if self._reader is None:
+            plain = self.feed(data)
+            return [plain] if plain else []
+        if self._failed or self._done:
+            raise OhttpError("decoder already failed" if self._failed else "data after finish")
+        try:
+            return self._reader.feed_parts(data)
+        except OhttpError:
+            self._failed = True
+            raise
+
     def finish(self) -> bytes:
         """At end of stream: the final chunk's plaintext; OhttpError if the
         stream is truncated or the final chunk does not authenticate."""

@@ -326,16 +326,23 @@ class HttpDecap:
             while resp.status < 200:  # 1xx: not forwarded
                 resp = up_stream.read_head(ResponseHeadParser(), None)
             encoder = body.decoder.response_encoder()
-            stream.send(h1.response_head(200, "OK", [("Content-Type", RESPONSE_MEDIA_TYPE),
-                                                     ("Transfer-Encoding", "chunked")]))
-            resp_headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in end_to_end(resp.headers)]
-            stream.send_chunk(encoder.write(bhttp.encode_response_head(resp.status, resp_headers)))
-            for piece in up_stream.body(resp.body(req.method.decode("latin-1"))):
-                # one BHTTP chunk (length, data) per piece, sealed without copying it
-                stream.send_sealed_chunk(encoder, encode_varint(len(piece)), piece)
-            # The final OHTTP chunk carries no plaintext: upstream's ingress
-            # stalls on one that does (docs/ohttp-wire.md §3.2).
-            stream.send_chunk(encoder.write(bhttp.encode_end()) + encoder.finish())
+            stream.hold()  # what is ready together leaves in one write
+            try:
+                stream.send(h1.response_head(200, "OK", [("Content-Type", RESPONSE_MEDIA_TYPE),
+                                                         ("Transfer-Encoding", "chunked")]))
+                resp_headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in end_to_end(resp.headers)]
+                stream.send_chunk(encoder.write(bhttp.encode_response_head(resp.status, resp_headers)))
+                resp_body = resp.body(req.method.decode("latin-1"))
+                if not resp_body.done and not up_stream.buffered:
+                    stream.flush()  # the backend's body is not here yet: the head goes now
+                for piece in up_stream.body(resp_body):
+                    # one BHTTP chunk (length, data) per piece, sealed without copying it
+                    stream.send_sealed_chunk(encoder, encode_varint(len(piece)), piece)
+                # The final OHTTP chunk carries no plaintext: upstream's ingress
+                # stalls on one that does (docs/ohttp-wire.md §3.2).
+                stream.send_chunk(encoder.write(bhttp.encode_end()) + encoder.finish())
+            finally:
+                stream.flush()
             try:
                 stream.end_chunks()
             except (BrokenPipeError, ConnectionResetError):

@@ -292,19 +292,24 @@ class HttpEncap:
 
     def _send_request(self, head, client, outer, encoder, metadata, authority, inner_headers,
                       outer_path, target, stats) -> None:
+        outer.hold()  # what is ready together leaves in one write
         outer.send(h1.request_head("POST", outer_path, [
             ("Host", authority or _fmt(target)), (API_HEADER, TUNNEL_API), MARKER_HEADER,
             ("Content-Type", REQUEST_MEDIA_TYPE), ("Transfer-Encoding", "chunked")]))
         outer.send_chunk(tunnel_body_prefix(metadata) + encoder.start() + encoder.write(
             bhttp.encode_request_head(head.method.encode(), b"", b"", head.path.encode("latin-1"),
                                       inner_headers)))
-        for piece in client.body(head.body()):
+        body = head.body()
+        if not body.done and not client.buffered:
+            outer.flush()  # the body is not here yet: the request head goes now
+        for piece in client.body(body):
             # one BHTTP chunk (length, data) per piece, sealed without copying it
             outer.send_sealed_chunk(encoder, encode_varint(len(piece)), piece)
             stats.state = "relaying"
         # the final OHTTP chunk carries no plaintext (upstream's egress refuses one that does)
         outer.send_chunk(encoder.write(bhttp.encode_end()) + encoder.finish())
         outer.end_chunks()
+        outer.flush()
 
     def _relay_response(self, head, client: HttpStream, outer: HttpStream, encoder, stats, target, so_mark,
                         outer_path: str, server_key: ServerKey) -> bool:
@@ -322,9 +327,15 @@ class HttpEncap:
         writer = _ResponseWriter(client, head, self._banner(server_key) if self.inject else None)
         try:
             for piece in outer.body(resp.body("POST")):
-                plain = decoder.feed(piece)
-                if plain:
-                    writer.events(inner.feed(plain))
+                # each chunk's plaintext on its own (no join); what they give
+                # the application leaves in one write per piece read
+                client.hold()
+                try:
+                    for plain in decoder.feed_parts(piece):
+                        if plain:
+                            writer.events(inner.feed(plain))
+                finally:
+                    client.flush()
             plain = decoder.finish()
             if plain:
                 writer.events(inner.feed(plain))
@@ -365,6 +376,15 @@ class _ResponseWriter:
         self._inject_active = False
 
     def events(self, events) -> None:
+        held = self.client._held is not None
+        self.client.hold()
+        try:
+            self._events(events)
+        finally:
+            if not held:
+                self.client.flush()
+
+    def _events(self, events) -> None:
         for ev in events:
             if isinstance(ev, bhttp.ResponseHead):
                 self._head(ev.status, [(n.decode("latin-1"), v.decode("latin-1")) for n, v in ev.headers])
