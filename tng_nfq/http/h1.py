@@ -227,6 +227,9 @@ class BodyDecoder:
     trailers: Headers = field(default_factory=list)
     _state: str = "size"
     _line: bytearray = field(default_factory=bytearray)
+    # chunked data as memoryview slices of the fed bytes instead of copies,
+    # for consumers that take any bytes-like piece (HttpStream.body(views=True))
+    views: bool = False
 
     @classmethod
     def length(cls, n: int) -> "BodyDecoder":
@@ -265,10 +268,11 @@ class BodyDecoder:
     def _feed_chunked(self, data: bytes) -> list[bytes]:
         out: list[bytes] = []
         pos, n = 0, len(data)
+        src = memoryview(data) if self.views else data
         while pos < n and not self.done:
             if self._state == "data":
                 k = min(self.remaining, n - pos)
-                out.append(data[pos:pos + k])
+                out.append(src[pos:pos + k])
                 pos += k
                 self.remaining -= k
                 if self.remaining == 0:

@@ -59,8 +59,10 @@ class HttpStream:
         finally:
             self.sock.settimeout(None)
 
-    def body(self, decoder: BodyDecoder) -> Iterator[bytes]:
-        """The decoded body pieces; leaves what follows the body in `buffered`."""
+    def body(self, decoder: BodyDecoder, views: bool = False) -> Iterator[bytes]:
+        """The decoded body pieces; leaves what follows the body in `buffered`.
+        `views`: chunked data may come as memoryview slices (no copies)."""
+        decoder.views = views
         data, self.buffered = self.buffered, b""
         while True:
             if data:

@@ -242,7 +242,7 @@ class HttpDecap:
         body = TunnelBodyDecoder(self._keys_for)
         inner = bhttp.BhttpDecoder(expect="request")
         events: list = []
-        pieces = stream.body(head.body())
+        pieces = stream.body(head.body(), views=True)
 
         def pull() -> bool:
             """Read the outer body until more inner events exist; False at its end."""

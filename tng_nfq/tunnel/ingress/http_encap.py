@@ -326,7 +326,7 @@ class HttpEncap:
         inner = bhttp.BhttpDecoder(expect="response")
         writer = _ResponseWriter(client, head, self._banner(server_key) if self.inject else None)
         try:
-            for piece in outer.body(resp.body("POST")):
+            for piece in outer.body(resp.body("POST"), views=True):
                 # each chunk's plaintext on its own (no join); what they give
                 # the application leaves in one write per piece read
                 client.hold()
