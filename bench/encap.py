@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from .connrate import Infra, attest_ra, verify_ra
+from .loadgen import tree_cpu_seconds
 from .measure import foreign_processes, ports_listening_in, schedule
 from .peers import Context, Direct, Peer, PeerError, TngNfq, UpstreamTng
 from .report import median, ratio
@@ -36,6 +37,8 @@ HEADLINES = {"no_ra": ("tng_nfq:no_ra", "upstream-tng:no_ra"),
              "attest": ("tng_nfq:attest", "upstream-tng:attest")}
 METRICS = ("download", "upload", "rate")
 UNITS = {"download": "MB/s", "upload": "MB/s", "rate": "req/s"}
+# CPU of both tunnel ends per unit of work: robust against other load on the box
+CPU_UNITS = {"download": "tunnel CPU s/GB", "upload": "tunnel CPU s/GB", "rate": "tunnel CPU ms/req"}
 DEFAULTS = {"size_mb": 256, "rate_duration": 3.0}
 QUICK = {"size_mb": 128, "rate_duration": 2.0}
 MB = 1e6
@@ -104,9 +107,18 @@ def parse_rate(stdout: str) -> tuple[float | None, str]:
     return float(doc["req_per_s"]), ""
 
 
+def cpu_per_unit(metric: str, cpu_s: float | None, value: float | None, size: int, seconds: float) -> float | None:
+    """Tunnel CPU per GB moved (download/upload) or per request (rate, ms)."""
+    if cpu_s is None or not value:
+        return None
+    if metric == "rate":
+        return cpu_s * 1000 / (value * seconds)
+    return cpu_s / (size / 1e9)
+
+
 def summarize(peers: list[str], samples: dict, errors: dict, reps: int) -> dict:
     """Medians per peer and metric, ratios tng_nfq/upstream (and /direct)."""
-    out: dict = {"peers": {}, "ratios": {}, "vs_direct": {}}
+    out: dict = {"peers": {}, "ratios": {}, "cpu_ratios": {}, "vs_direct": {}}
     for p in peers:
         entry = {"errors": list(errors.get(p, []))}
         got = 0
@@ -115,6 +127,9 @@ def summarize(peers: list[str], samples: dict, errors: dict, reps: int) -> dict:
             got += len(vals)
             entry[m] = {"samples": vals, "median": median(vals), "min": min(vals) if vals else None,
                         "max": max(vals) if vals else None, "unit": UNITS[m]}
+            cpu = [v for v in samples.get(p, {}).get(f"{m}_cpu", []) if v is not None]
+            if cpu:
+                entry[m].update(cpu_samples=cpu, cpu_median=median(cpu), cpu_unit=CPU_UNITS[m])
         expected = reps * len(METRICS)
         entry["status"] = ("failed" if got == 0 and entry["errors"] else "not run" if got == 0
                            else "partial" if got < expected or entry["errors"] else "ok")
@@ -123,6 +138,9 @@ def summarize(peers: list[str], samples: dict, errors: dict, reps: int) -> dict:
         if num in peers and den in peers:
             out["ratios"][label] = {m: ratio(out["peers"][num][m]["median"], out["peers"][den][m]["median"])
                                     for m in METRICS}
+            # tng_nfq's CPU per unit / upstream's: below 1 is cheaper
+            out["cpu_ratios"][label] = {m: ratio(out["peers"][num][m].get("cpu_median"),
+                                                 out["peers"][den][m].get("cpu_median")) for m in METRICS}
     if "direct" in peers:
         for p in peers:
             if p != "direct":
@@ -144,9 +162,18 @@ def format_table(res: dict) -> str:
     for p, e in res["peers"].items():
         lines.append(f"{p:<21}{_fmt(e['download']['median'], '15.0f')}{_fmt(e['upload']['median'], '14.0f')}"
                      f"{_fmt(e['rate']['median'], '12.0f')}  {e['status']}")
+    lines.append(f"{'tunnel CPU (both ends)':<21}{'s/GB':>15}{'s/GB':>14}{'ms/req':>12}")
+    for p, e in res["peers"].items():
+        if p == "direct":
+            continue
+        lines.append(f"{p:<21}{_fmt(e['download'].get('cpu_median'), '15.2f')}"
+                     f"{_fmt(e['upload'].get('cpu_median'), '14.2f')}{_fmt(e['rate'].get('cpu_median'), '12.2f')}")
     for label, r in res["ratios"].items():
         lines.append(f"ratio tng_nfq/upstream {label:<7} download {_fmt(r['download'], '.2f')}x  "
                      f"upload {_fmt(r['upload'], '.2f')}x  rate {_fmt(r['rate'], '.2f')}x")
+    for label, r in res.get("cpu_ratios", {}).items():
+        lines.append(f"CPU ratio (lower=cheaper) {label:<7} download {_fmt(r['download'], '.2f')}x  "
+                     f"upload {_fmt(r['upload'], '.2f')}x  per request {_fmt(r['rate'], '.2f')}x")
     return "\n".join(lines)
 
 
@@ -177,7 +204,7 @@ class Suite:
     def __init__(self, args, lab, ns, ctx: Context, peers: list[str]):
         self.args, self.lab, self.ns, self.ctx, self.peers = args, lab, ns, ctx, peers
         self.size = int(args.encap_size_mb * (1 << 20))
-        self.samples = {p: {m: [] for m in METRICS} for p in peers}
+        self.samples = {p: {k: [] for m in METRICS for k in (m, f"{m}_cpu")} for p in peers}
         self.errors: dict[str, list[str]] = {p: [] for p in peers}
         self.info: dict[str, dict] = {p: {} for p in peers}
         self.plan = schedule(peers, args.reps)
@@ -224,8 +251,11 @@ class Suite:
             # warm-up + readiness: the rate client probes until one request succeeds
             # (key configuration fetched, attestation done) before its timed window
             got = {}
+            pids = [p.proc.pid for p in getattr(peer, "procs", [])]
             for metric in ("rate", "download", "upload"):
+                before = self._cpu(pids)
                 value, error = self._measure(metric, port)
+                after = self._cpu(pids)
                 if value is None:
                     try:
                         peer.check()
@@ -235,11 +265,21 @@ class Suite:
                     got[metric] = "FAILED"
                     continue
                 self.samples[name][metric].append(value)
+                if pids and before is not None and after is not None:
+                    self.samples[name][f"{metric}_cpu"].append(
+                        cpu_per_unit(metric, after - before, value, self.size, self.args.encap_rate_duration))
                 got[metric] = f"{value:.0f}"
             _say(f"{self._tag(rep, name)} download {got['download']} MB/s, upload {got['upload']} MB/s, "
                  f"rate {got['rate']} req/s")
         finally:
             peer.stop()
+
+    @staticmethod
+    def _cpu(pids: list[int]) -> float | None:
+        """CPU seconds of both tunnel ends (the rate client's warm-up counts too:
+        one request next to thousands)."""
+        vals = [tree_cpu_seconds(p) for p in pids]
+        return None if any(v is None for v in vals) else sum(vals)
 
     def _measure(self, metric: str, port: int) -> tuple[float | None, str]:
         try:

@@ -128,3 +128,19 @@ def test_backend_and_rate_client_on_loopback():
         assert out["ok"] > 0 and out["req_per_s"] > 0 and out["error"] is None
     finally:
         lsock.close()
+
+
+def test_cpu_per_unit_and_cpu_ratios():
+    assert encap.cpu_per_unit("download", 2.0, 300.0, 500_000_000, 3.0) == 4.0
+    assert encap.cpu_per_unit("rate", 3.0, 1000.0, 1, 3.0) == 1.0  # 3000 requests, 3 s CPU
+    assert encap.cpu_per_unit("rate", None, 1000.0, 1, 3.0) is None
+    peers = ["upstream-tng:no_ra", "tng_nfq:no_ra"]
+    samples = {"upstream-tng:no_ra": {"download": [400], "download_cpu": [3.0], "rate": [1000], "rate_cpu": [1.0]},
+               "tng_nfq:no_ra": {"download": [420], "download_cpu": [2.4, None], "rate": [300], "rate_cpu": [2.5]}}
+    res = encap.summarize(peers, samples, {}, reps=1)
+    assert res["peers"]["tng_nfq:no_ra"]["download"]["cpu_median"] == 2.4
+    assert abs(res["cpu_ratios"]["no_ra"]["download"] - 0.8) < 1e-9
+    assert res["cpu_ratios"]["no_ra"]["rate"] == 2.5
+    assert res["cpu_ratios"]["no_ra"]["upload"] is None
+    table = encap.format_table(res)
+    assert "CPU ratio" in table and "0.80x" in table and "2.40" in table
