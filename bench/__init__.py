@@ -3,7 +3,8 @@
 Suites: `throughput` (iperf3 bulk TCP), `connrate` (new connections
 per second, each carrying one short request/response, with and without
 remote attestation) and `netfilter` (a netfilter-captured tng-nfq tunnel
-vs the same tunnel in mapping mode, the classifier's cost; opt-in). Run as ``python -m bench`` (root needed: everything
+vs the same tunnel in mapping mode, the classifier's cost; opt-in) and `encap` (HTTP
+encapsulation: download, upload and keep-alive request rate; opt-in). Run as ``python -m bench`` (root needed: everything
 runs inside a throw-away network namespace). See bench/README.md.
 """
 
