@@ -11,7 +11,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         out = json.dumps({"method": self.command, "target": self.path, "host": self.headers.get("Host"),
                           "x_secret": self.headers.get("X-Secret"), "n": len(body_in),
                           "sha": hashlib.sha256(body_in).hexdigest(),
-                          "te": self.headers.get("Transfer-Encoding")}).encode() + b"\n"
+                          "te": self.headers.get("Transfer-Encoding"),
+                          "conn": self.client_address[1]}).encode() + b"\n"
         if self.path.endswith("/big"):
             out = b"B" * (3 * 1024 * 1024)
         self.send_response(200)

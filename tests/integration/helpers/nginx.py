@@ -30,9 +30,15 @@ class Nginx:
         for sub in ("logs", "tmp"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         self.access_log = self.dir / "logs" / "access.log"
+        # one upstream block per target, with a keep-alive pool as a real
+        # deployment has (nginx otherwise closes its upstream connection
+        # after every request)
+        names = {upstream: f"up{i}" for i, upstream in enumerate(dict.fromkeys(routes.values()))}
+        upstreams = "\n".join(f"    upstream {name} {{ server {upstream}; keepalive 8; }}"
+                              for upstream, name in names.items())
         locations = "\n".join(
             f"""        location {prefix} {{
-            proxy_pass http://{upstream};
+            proxy_pass http://{names[upstream]};
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $http_host;
@@ -54,6 +60,7 @@ http {{
     uwsgi_temp_path {self.dir}/tmp/uwsgi;
     scgi_temp_path {self.dir}/tmp/scgi;
     client_max_body_size 0;
+{upstreams}
     server {{
         listen {listen};
 {locations}

@@ -97,6 +97,52 @@ class ServerKeys:
         return keys
 
 
+class _BackendLink:
+    """The backend connection of one outer connection, kept alive across its
+    tunnel requests (like a proxy's upstream pool of one): a request pays for
+    a TCP connect only when the backend closed the previous one."""
+
+    def __init__(self, connect):
+        self._connect = connect
+        self.stream: HttpStream | None = None
+        self.reused = False
+
+    def get(self) -> HttpStream:
+        if self.stream is not None and not _idle_and_open(self.stream.sock):
+            self.close()
+        if self.stream is None:
+            return self.fresh()
+        self.reused = True
+        return self.stream
+
+    def fresh(self) -> HttpStream:
+        self.close()
+        self.stream = HttpStream(self._connect())
+        self.reused = False
+        return self.stream
+
+    def release(self, reusable: bool) -> None:
+        if not reusable:
+            self.close()
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+
+
+def _idle_and_open(sock: socket.socket) -> bool:
+    """An idle keep-alive connection has nothing to read; readable means the
+    backend closed it (EOF) or sent something unasked: not reusable."""
+    import select
+
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
+
+
 class HttpDecap:
     """The HTTP decapsulation of one egress endpoint."""
 
@@ -119,6 +165,7 @@ class HttpDecap:
         from tng_nfq.tunnel.endpoint import dial
 
         stream = HttpStream(sock)
+        link = _BackendLink(lambda: self._connect(backend, so_mark, dial, stats))
         requests = tunneled = 0
         error: str | None = None
         stats.state = "serving"
@@ -139,7 +186,7 @@ class HttpDecap:
                     if api == TUNNEL_API:
                         tunneled += 1
                         stats.encrypted = True
-                        keep = self._tunnel(head, stream, stats, backend, so_mark, dial)
+                        keep = self._tunnel(head, stream, stats, backend, link)
                     elif api == KEY_CONFIG_API:
                         keep = self._key_config(head, stream)
                     elif api in (CHALLENGE_API, VERIFY_API):
@@ -170,6 +217,7 @@ class HttpDecap:
         except OSError as exc:
             error = (exc.strerror or str(exc)).lower()
         finally:
+            link.close()
             stream.close()
             stats.bytes_up += stream.bytes_in
             stats.bytes_down += stream.bytes_out
@@ -233,7 +281,7 @@ class HttpDecap:
         return self.keys.for_hint(metadata.key_hint), sender_key(metadata)
 
     def _tunnel(self, head: h1.Request, stream: HttpStream, stats: ConnectionStats,
-                backend: tuple[str, int], so_mark: int | None, dial) -> bool:
+                backend: tuple[str, int], link: "_BackendLink") -> bool:
         if head.method != "POST":
             raise Refused(400, "tunnel requests must be POST")
         ctype = (header_values(head.headers, "content-type") or [""])[0].split(";")[0].strip().lower()
@@ -275,9 +323,9 @@ class HttpDecap:
         log.debug("inner request", endpoint=self.path, method=req.method, scheme=req.scheme,
                   authority=req.authority, path=req.path, header_names=[n for n, _ in req.headers])
 
-        up = self._connect(backend, so_mark, dial, stats)
+        up_stream = link.get()
+        reusable = False
         try:
-            up_stream = HttpStream(up)
             # inner request to the backend, streamed
             headers = end_to_end([(n.decode("latin-1"), v.decode("latin-1")) for n, v in req.headers])
             hosts = [v for n, v in headers if n.lower() == "host"]
@@ -292,9 +340,9 @@ class HttpDecap:
             body_follows = bool(events) and isinstance(events[0], bhttp.Data)
             framing = [] if has_length or not body_follows else [("Transfer-Encoding", "chunked")]
             target = req.path.decode("latin-1") or "/"
-            up_stream.send(h1.request_head(req.method.decode("latin-1"), target,
-                                           [("Host", authority), *headers, *framing,
-                                            ("Connection", "close")]))
+            request_head = h1.request_head(req.method.decode("latin-1"), target,
+                                           [("Host", authority), *headers, *framing])
+            up_stream.send(request_head)
             backend_gone = False  # the backend answered (and closed) before reading all of the body
 
             def to_backend(data: bytes) -> None:
@@ -322,7 +370,16 @@ class HttpDecap:
                 raise Refused(400, "encapsulated request ended early")
             # response from the backend, sealed as it streams
             stats.state = "relaying"
-            resp = up_stream.read_head(ResponseHeadParser(), None)
+            try:
+                resp = up_stream.read_head(ResponseHeadParser(), None)
+            except (PeerClosed, ConnectionResetError):
+                # A reused connection the backend closed just as we sent: a
+                # request without a body can safely go again on a fresh one.
+                if not link.reused or body_follows:
+                    raise
+                up_stream = link.fresh()
+                up_stream.send(request_head)
+                resp = up_stream.read_head(ResponseHeadParser(), None)
             while resp.status < 200:  # 1xx: not forwarded
                 resp = up_stream.read_head(ResponseHeadParser(), None)
             encoder = body.decoder.response_encoder()
@@ -341,6 +398,8 @@ class HttpDecap:
                 # The final OHTTP chunk carries no plaintext: upstream's ingress
                 # stalls on one that does (docs/ohttp-wire.md §3.2).
                 stream.send_chunk(encoder.write(bhttp.encode_end()) + encoder.finish())
+                reusable = (not backend_gone and not resp.wants_close and resp_body.kind != "close"
+                            and not up_stream.buffered)
             finally:
                 stream.flush()
             try:
@@ -350,10 +409,7 @@ class HttpDecap:
                 # in, before the HTTP last-chunk: the response is complete
                 return False
         finally:
-            try:
-                up.close()
-            except OSError:
-                pass
+            link.release(reusable)
         # The rest of the outer body (the final OHTTP chunk, authenticated
         # here, and the HTTP last-chunk), so that the next request on this
         # connection starts at its head.
