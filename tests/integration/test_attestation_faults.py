@@ -329,9 +329,12 @@ def test_no_ra_ingress_to_verifying_egress(lab, att, impl):
     assert reply == b""
     if impl == "tng_nfq":
         # the client finished its side of the TLS 1.3 handshake before the
-        # server judged it, so it learns why only from the server's alert
+        # server judged it, so it learns why only from the server's alert --
+        # unless the reset that our first data record provokes arrives before
+        # the alert was read (Linux drops unread data on a reset)
         (mine,) = client.wait_access(1)
-        assert mine["error"] == "peer refused the session: tlsv13 alert certificate required", mine
+        assert mine["error"] in ("peer refused the session: tlsv13 alert certificate required",
+                                 "connection reset by peer"), mine
     (line,) = rig.egress.wait_access(1, where=lambda e: e["listener"] == f"{lab.SERVER_ADDR}:{TUN_BAD}")
     assert line["outcome"] == "error" and line["bytes_up"] == line["bytes_down"] == 0, line
     # neither ours nor upstream's no_ra client answers the certificate request

@@ -72,6 +72,9 @@ class TlsChannel:
         self._ssl_lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._write_closed = False
+        # Why the session died, as the reading side learnt it (e.g. the
+        # peer's alert): a write failing afterwards reports the same reason.
+        self._failure: str | None = None
 
     # ---- handshake --------------------------------------------------------
 
@@ -144,7 +147,8 @@ class TlsChannel:
             while done < nbytes:
                 k = lib.SSL_write(self._ssl, ptr + done, nbytes - done)
                 if k <= 0:
-                    raise TlsError(f"encrypt failed: {_ssl_error_text()}")
+                    reason = _ssl_error_text()
+                    raise TlsError(self._failure or f"encrypt failed: {reason}")
                 done += k
             produced = 0
             cap = len(out_mv)
@@ -190,8 +194,10 @@ class TlsChannel:
                 if "alert" in reason:
                     # e.g. TLS 1.3 "certificate required": the server judges
                     # the client only after the client's handshake finished.
-                    raise TlsError(f"peer refused the session: {reason}")
-                raise TlsError(f"decrypt failed: {reason}")
+                    self._failure = f"peer refused the session: {reason}"
+                else:
+                    self._failure = f"decrypt failed: {reason}"
+                raise TlsError(self._failure)
             # Reading may make OpenSSL answer (e.g. a KeyUpdate); send that too.
             scratch = _scratch()
             pending = lib.BIO_read(self._bio_out, scratch.ptr, SCRATCH)
