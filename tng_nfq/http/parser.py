@@ -271,47 +271,18 @@ class LengthBody(BodyFramer):
 
 
 class ChunkedBody(BodyFramer):
-    """RFC 9112 §7.1: size line, data, CRLF, ..., zero-size line, trailers, empty line."""
+    """RFC 9112 §7.1: size line, data, CRLF, ..., zero-size line, trailers,
+    empty line. The chunk syntax is h1.BodyDecoder's (one parser for both
+    the proxy, which only needs the boundary, and the encapsulation, which
+    needs the data); the data comes back as views, so nothing is copied."""
 
     def __init__(self) -> None:
+        from tng_nfq.http.h1 import BodyDecoder  # h1 builds on this module
+
+        self._decoder = BodyDecoder(kind="chunked", views=True)
         self.done = False
-        self._state = "size"
-        self._line = bytearray()
-        self._left = 0
 
     def feed(self, data: bytes) -> int:
-        pos = 0
-        n = len(data)
-        while pos < n and not self.done:
-            if self._state == "data":
-                k = min(self._left, n - pos)
-                pos += k
-                self._left -= k
-                if self._left == 0:
-                    self._state = "data-end"
-                continue
-            # line-oriented states: size, data-end (the CRLF after data), trailer
-            nl = data.find(b"\n", pos)
-            end = n if nl < 0 else nl + 1
-            self._line += data[pos:end]
-            pos = end
-            if len(self._line) > MAX_CHUNK_LINE:
-                raise ParseError(400, "chunk line too long")
-            if nl < 0:
-                break
-            line = bytes(self._line).rstrip(b"\r\n")
-            self._line.clear()
-            if self._state == "size":
-                size_text = line.split(b";", 1)[0].strip(b" \t")
-                if not size_text or not re.fullmatch(rb"[0-9A-Fa-f]{1,16}", size_text):
-                    raise ParseError(400, "malformed chunk size")
-                self._left = int(size_text, 16)
-                self._state = "data" if self._left else "trailer"
-            elif self._state == "data-end":
-                if line:
-                    raise ParseError(400, "chunk data longer than its size")
-                self._state = "size"
-            else:  # trailer fields until the empty line
-                if not line:
-                    self.done = True
-        return pos
+        self._decoder.feed(data)
+        self.done = self._decoder.done
+        return len(data) - len(self._decoder.rest)

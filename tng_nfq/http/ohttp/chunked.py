@@ -26,6 +26,8 @@ not break the stream.
 
 from __future__ import annotations
 
+import abc
+
 from tng_nfq.http.ohttp import encap, hpke
 from tng_nfq.http.ohttp.errors import OhttpError
 from tng_nfq.http.ohttp.keyconfig import KeyConfig, SymmetricSuite
@@ -225,7 +227,7 @@ class _ChunkReader:
         return self._aead.open(FINAL_CHUNK_AAD, ct)
 
 
-class _Decoder:
+class _Decoder(abc.ABC):
     """feed()/finish() around a _ChunkReader that exists once the prefix is in;
     any failure sticks, so a tampered stream cannot be resumed."""
 
@@ -236,8 +238,9 @@ class _Decoder:
         self._failed = False
         self._done = False
 
+    @abc.abstractmethod
     def _on_prefix(self, prefix: bytes) -> hpke.AeadContext:
-        raise NotImplementedError
+        """The AEAD that opens the chunks, from the header (request) or nonce (response)."""
 
     def feed(self, data: bytes) -> bytes:
         """Plaintext of every chunk completed by `data` (maybe empty)."""
