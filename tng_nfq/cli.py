@@ -47,8 +47,9 @@ def _config_options(fn):
 def main(ctx: click.Context, verbose: bool, log_format: str | None) -> None:
     """tng-nfq: remote-attested TLS tunnels under unmodified TCP/HTTP applications.
 
-    Reads TNG's configuration language and speaks TNG 2.x's rats-tls wire
-    format, so either end of a tunnel may be upstream `tng`.
+    Reads TNG's configuration language and speaks TNG 2.x's wire formats
+    (rats-tls, and chunked OHTTP for HTTP encapsulation), so either end of a
+    tunnel may be upstream `tng`.
     """
     from tng_nfq.logs import configure
 
@@ -215,8 +216,9 @@ def capture(config_file, config_content, ports, pcap, duration, expect_absent) -
 
 @main.command()
 def demo() -> None:
-    """Run the demo: two lab namespaces, a real HTTP request through the tunnel,
-    a packet capture proving the wire carries only TLS. Needs root."""
+    """Run the demo: lab scenario 1 (netfilter on both ends, sample attestation)
+    in three namespaces, a real HTTP request, the verdict, /flows and a packet
+    capture proving the wire carries only TLS; then clean up. Needs root."""
     from tng_nfq.demo import run_demo
 
     sys.exit(run_demo())
