@@ -59,7 +59,10 @@ def main(ctx: click.Context, verbose: bool, log_format: str | None) -> None:
 
 @main.command()
 @_config_options
-def launch(config_file: str | None, config_content: str | None) -> None:
+@click.option("--capture", "capture_pcap", metavar="PCAP", default=None,
+              help="Also capture the tunnel ports (as `tng-nfq capture`) into PCAP while running; "
+                   "the per-flow report and plaintext verdict are logged at exit.")
+def launch(config_file: str | None, config_content: str | None, capture_pcap: str | None) -> None:
     """Run the gateway until SIGTERM/SIGINT (then exit 0).
 
     SIGHUP re-reads --config-file: unchanged endpoints keep running, removed
@@ -76,10 +79,52 @@ def launch(config_file: str | None, config_content: str | None) -> None:
     except SetupRefused as exc:
         _fail(str(exc), EXIT_CONFIG)
     daemon.config_path = config_file  # SIGHUP reloads it
+    capturing = _start_daemon_capture(config, capture_pcap) if capture_pcap else None
     try:
         daemon.run()
     except StartError as exc:
         _fail(str(exc), EXIT_RUNTIME)
+    finally:
+        if capturing is not None:
+            capturing()
+
+
+def _start_daemon_capture(config, pcap: str):
+    """Capture in a thread beside the daemon; returns the function that stops
+    it and logs the report (one line per report line, then the verdict)."""
+    import threading
+    from pathlib import Path
+
+    import structlog
+
+    from tng_nfq.capture import CaptureError, ports_of, report, run_capture
+
+    log = structlog.get_logger(component="capture")
+    ports, path, stop = ports_of(config), Path(pcap), threading.Event()
+    outcome: dict = {}
+
+    def work() -> None:
+        try:
+            outcome["packets"] = run_capture(ports, path, None, stop=stop)
+        except CaptureError as exc:
+            outcome["error"] = str(exc)
+            log.error("capture failed", error=str(exc))
+
+    thread = threading.Thread(target=work, name="capture", daemon=True)
+    thread.start()
+    log.info("capturing", ports=ports, pcap=str(path))
+
+    def finish() -> None:
+        stop.set()
+        thread.join(10)
+        if "packets" not in outcome:
+            return
+        lines, leaked = report(path, ports, [])
+        for line in lines:
+            log.info("capture report", line=line)
+        log.info("capture verdict", packets=outcome["packets"], pcap=str(path), plaintext=leaked)
+
+    return finish
 
 
 @main.command()

@@ -82,3 +82,29 @@ def test_tunnel_flow_is_tls_with_rats_tls(lab):
                    "-T", "fields", "-e", "tls.handshake.extensions_alpn_str")
     assert alpn == ["rats-tls"]
     assert "TNGCAP" not in lab.client.run(["iptables-save", "-t", "raw"]).stdout
+
+
+def test_daemon_capture_option_reports_at_exit(lab):
+    """`tng-nfq launch --capture PCAP`: the daemon captures its own tunnel
+    ports while it runs and logs the report and verdict when it stops."""
+    lab.start_backend(BACKEND)
+    lab.start_nfq(lab.server, lab.egress_config((TUNNEL, BACKEND)), "egress")
+    pcap = lab.workdir / "daemon.pcap"
+    log = lab.workdir / "daemon-capture.log"
+    argv = [str(Path(sys.executable).with_name("tng-nfq")), "--log-format", "json", "launch",
+            "--config-content", json.dumps(lab.ingress_config((INGRESS, TUNNEL))), "--capture", str(pcap)]
+    proc = lab.lab.spawn(lab.client, argv, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    lab.poll_until(lambda: "-j TNGCAP_CAPTURE" in lab.client.run(["iptables-save", "-t", "raw"]).stdout,
+                   "capture rules installed", proc=proc)
+    lab.poll_until(lambda: '"event": "ready"' in log.read_text(), "daemon ready", proc=proc)
+    payload = f"{MARKER} through the tunnel".encode()
+    assert lab.echo(INGRESS, payload) == payload
+    proc.send_signal(15)
+    assert proc.wait(timeout=30) == 0
+    events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    (verdict,) = [e for e in events if e.get("event") == "capture verdict"]
+    assert verdict["plaintext"] is False and verdict["packets"] > 0, verdict
+    report = [e["line"] for e in events if e.get("event") == "capture report"]
+    assert any("[TLS]" in line for line in report) and any("ALPN offered: rats-tls" in line for line in report)
+    assert _tshark(pcap, "-T", "fields", "-e", "tcp.dstport")  # the pcap opens in tshark
+    assert "TNGCAP" not in lab.client.run(["iptables-save", "-t", "raw"]).stdout
