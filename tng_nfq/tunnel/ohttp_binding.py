@@ -65,8 +65,8 @@ def evidence_from_json(obj) -> CocoEvidence:
         additional = obj.get("aa_additional_evidence")
         return CocoEvidence(
             tee_type=str(obj["aa_tee_type"]),
-            aa_evidence=base64.b64decode(obj["aa_evidence"]),
-            aa_additional_evidence=base64.b64decode(additional) if additional else None,
+            aa_evidence=base64.b64decode(obj["aa_evidence"], validate=True),
+            aa_additional_evidence=base64.b64decode(additional, validate=True) if additional else None,
             aa_runtime_data=str(obj["aa_runtime_data"]),
             aa_runtime_data_hash_algo=algo_id)
     except (KeyError, ValueError, TypeError) as exc:
