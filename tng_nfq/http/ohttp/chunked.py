@@ -290,18 +290,10 @@ class _Decoder(abc.ABC):
 
 # --- client side --------------------------------------------------------------
 
-class ChunkedRequestEncoder:
-    """Client: encapsulates a request body as it is produced.
+class _Encoder:
+    """What both encoders offer, around their _ChunkWriter (`self._writer`)."""
 
-    `start()` gives the header early if wanted; `write()` returns chunks,
-    `finish()` the final chunk.  `response_decoder()` opens the answer.
-    """
-
-    def __init__(self, key_config: KeyConfig, *, suite: SymmetricSuite | None = None,
-                 sender_private_key: bytes | None = None, _sk_e: bytes | None = None):
-        prefix, self._enc, self._ctx = encap.setup_sender(
-            key_config, REQUEST_LABEL, suite=suite, sender_private_key=sender_private_key, _sk_e=_sk_e)
-        self._writer = _ChunkWriter(self._ctx, prefix)
+    _writer: _ChunkWriter
 
     def start(self) -> bytes:
         return self._writer.start()
@@ -320,6 +312,21 @@ class ChunkedRequestEncoder:
 
     def finish(self, data: bytes = b"") -> bytes:
         return self._writer.finish(data)
+
+
+class ChunkedRequestEncoder(_Encoder):
+    """Client: encapsulates a request body as it is produced.
+
+    `start()` gives the header early if wanted; `write()` returns chunks,
+    `finish()` the final chunk.  `response_decoder()` opens the answer.
+    """
+
+    def __init__(self, key_config: KeyConfig, *, suite: SymmetricSuite | None = None,
+                 sender_private_key: bytes | None = None, _sk_e: bytes | None = None):
+        prefix, self._enc, self._ctx = encap.setup_sender(
+            key_config, REQUEST_LABEL, suite=suite, sender_private_key=sender_private_key, _sk_e=_sk_e)
+        self._writer = _ChunkWriter(self._ctx, prefix)
+
 
     def response_decoder(self) -> "ChunkedResponseDecoder":
         return ChunkedResponseDecoder(self._ctx, self._enc)
@@ -375,7 +382,7 @@ class ChunkedRequestDecoder(_Decoder):
         return ChunkedResponseEncoder(self._ctx, self._enc, _nonce=_nonce)
 
 
-class ChunkedResponseEncoder:
+class ChunkedResponseEncoder(_Encoder):
     """Gateway: encapsulates a response body as it is produced; the random
     response nonce goes out in front of the first chunk."""
 
@@ -383,20 +390,3 @@ class ChunkedResponseEncoder:
         nonce = encap.new_response_nonce(ctx) if _nonce is None else _nonce
         self._writer = _ChunkWriter(encap.response_aead(ctx, RESPONSE_LABEL, enc, nonce), nonce)
 
-    def start(self) -> bytes:
-        return self._writer.start()
-
-    def write(self, data: bytes) -> bytes:
-        return self._writer.write(data)
-
-    def sealed_size(self, n: int) -> int:
-        """Bytes that `write` makes of `n` plaintext bytes."""
-        return sealed_size(n, self._writer._aead.aead.n_t)
-
-    def write_into(self, buf: memoryview, pos: int, head: bytes, data) -> int:
-        """`write(head + data)` into `buf` at `pos`, without copying `data`
-        (after `start`); the position after the chunks."""
-        return self._writer.write_into(buf, pos, head, data)
-
-    def finish(self, data: bytes = b"") -> bytes:
-        return self._writer.finish(data)
