@@ -389,4 +389,3 @@ class ChunkedResponseEncoder(_Encoder):
     def __init__(self, ctx: hpke.HpkeContext, enc: bytes, *, _nonce: bytes | None = None):
         nonce = encap.new_response_nonce(ctx) if _nonce is None else _nonce
         self._writer = _ChunkWriter(encap.response_aead(ctx, RESPONSE_LABEL, enc, nonce), nonce)
-
